@@ -1,0 +1,127 @@
+"""Input checks run before any workflow starts: one clear message naming the file and the problem.
+
+Every image and label of a datalist is opened once with nibabel and fully read (a truncated
+``.nii.gz`` only fails when its data are decompressed), so a bad file stops the run before any
+training step or output file, instead of deep inside a data-loader worker.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+import nibabel as nib
+import numpy as np
+from monai.data import load_decathlon_datalist
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class InputError(ValueError):
+    """A problem with an input file; its message names the file and the problem on one line."""
+
+
+def _read(path: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Open and fully read one NIfTI volume; raise InputError naming the file on any problem."""
+    if not os.path.exists(path):
+        raise InputError(f"{what} {path}: file not found")
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{what} {path}: file is empty")
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # nibabel, gzip and zlib raise many types for damaged files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{what} {path}: unreadable or corrupt ({reason})") from None
+    if data.size == 0:
+        raise InputError(f"{what} {path}: image has no voxels (shape {data.shape})")
+    shape = tuple(data.shape)
+    if len(shape) < 3 or min(shape[:3]) < 1:
+        raise InputError(f"{what} {path}: {len(shape)}-D image of shape {shape}, expected a 3-D volume")
+    if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
+        raise InputError(
+            f"{what} {path}: {len(shape)}-D image of shape {shape} (several volumes or channels), "
+            f"expected a single 3-D volume"
+        )
+    return img, data
+
+
+def check_case(item: dict, keys=("image",), num_classes: int | None = None) -> None:
+    """Check one datalist entry: readable 3-D volumes; label values in range and on the image grid."""
+    loaded = {key: _read(item[key], key) for key in keys if key in item}
+    missing = [key for key in keys if key not in item]
+    if missing:
+        raise InputError(f"datalist entry {item}: no {', '.join(missing)} given")
+    if "image" in loaded and "label" in loaded:
+        (img, data), (lbl, ldata) = loaded["image"], loaded["label"]
+        if data.shape[:3] != ldata.shape[:3]:
+            raise InputError(
+                f"label {item['label']}: shape {ldata.shape[:3]} differs from image {item['image']} shape {data.shape[:3]}"
+            )
+        if not np.allclose(img.affine, lbl.affine, atol=1e-3):
+            raise InputError(f"label {item['label']}: affine differs from image {item['image']} (not on the same grid)")
+    if "label" in loaded and num_classes is not None:
+        values = np.unique(loaded["label"][1])
+        bad = values[(values < 0) | (values >= num_classes) | (values != np.round(values))]
+        if bad.size:
+            raise InputError(
+                f"label {item['label']}: values {bad[:10].tolist()} outside the task's classes 0..{num_classes - 1}"
+            )
+
+
+def checked_datalist(datalist: str, key: str, base_dir: str, keys=("image", "label"), num_classes=None) -> list:
+    """Read an MSD-style datalist (paths relative to ``base_dir``) and check every file in it."""
+    if not os.path.isfile(datalist):
+        raise InputError(f"datalist {datalist}: file not found")
+    try:
+        items = load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=key, base_dir=base_dir)
+    except Exception as e:
+        raise InputError(f"datalist {datalist}: cannot read list '{key}' ({e})") from None
+    if not items:
+        raise InputError(f"datalist {datalist}: list '{key}' is empty")
+    for item in items:
+        check_case(item, keys, num_classes)
+    return items
+
+
+def inference_list(dataset_dir: str, datalist: str = "", key: str = "test") -> list:
+    """Images to segment: the ``key`` entries of ``datalist`` when given, else every NIfTI in ``dataset_dir``."""
+    if datalist:
+        items = checked_datalist(datalist, key, dataset_dir, keys=("image",))
+        return [{"image": item["image"]} for item in items]
+    if not os.path.isdir(dataset_dir):
+        raise InputError(f"dataset_dir {dataset_dir}: folder not found")
+    paths = sorted(p for p in glob.glob(os.path.join(dataset_dir, "*")) if p.endswith(NIFTI_SUFFIXES))
+    if not paths:
+        raise InputError(f"dataset_dir {dataset_dir}: no NIfTI images (*.nii, *.nii.gz)")
+    items = [{"image": p} for p in paths]
+    for item in items:
+        check_case(item, ("image",))
+    return items
+
+
+def install_error_hook() -> None:
+    """Make an uncaught InputError print its one-line message (no traceback) and exit with status 1."""
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        # MONAI's config parser wraps errors raised in expressions into RuntimeErrors: look down the chain
+        cause = exc
+        while cause is not None and not isinstance(cause, InputError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            print(f"ERROR: {cause}", file=sys.stderr)
+            return
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
+
+
+def require_file(path: str, what: str) -> str:
+    """Fail with one line when a file the workflow needs (e.g. the model checkpoint) is missing."""
+    if not os.path.isfile(path):
+        raise InputError(f"{what} {path}: file not found")
+    return path
