@@ -232,13 +232,13 @@ def generate_phantom(seed: int, spacing=(1.6, 1.6, 3.0), vary_spacing: bool = Tr
     organ(2, cv.blob(rng, at(58, -48, -18), size(24, 26, 48), _rotation(rng, 10, (0, 10, -15))))
     organ(3, cv.blob(rng, at(-58, -48, -6), size(24, 26, 48), _rotation(rng, 10, (0, -10, 15))))
     organ(11, cv.tube(rng, [at(22, 2, 2), at(-5, 12, 18), at(-35, 5, 28), at(-65, -18, 38)], 11 * scale, 0.2))
-    organ(12, cv.blob(rng, at(40, -42, 42), size(7, 14, 20), _rotation(rng, 10, (0, 0, 30)), 0.1))
-    organ(13, cv.blob(rng, at(-38, -42, 36), size(7, 14, 20), _rotation(rng, 10, (0, 0, -30)), 0.1))
-    organ(5, cv.tube(rng, [at(-5, -42, 112, 2), at(-12, -35, 95, 2), at(-28, -12, 80, 2)], 9 * scale, 0.1))
+    organ(12, cv.blob(rng, at(40, -42, 42), size(8, 15, 22), _rotation(rng, 10, (0, 0, 30)), 0.1))
+    organ(13, cv.blob(rng, at(-38, -42, 36), size(8, 15, 22), _rotation(rng, 10, (0, 0, -30)), 0.1))
+    organ(5, cv.tube(rng, [at(-5, -42, 112, 2), at(-12, -35, 95, 2), at(-28, -12, 80, 2)], 10 * scale, 0.1))
     organ(9, cv.tube(rng, [at(24, -38, 112, 2), at(22, -36, 60, 2), at(20, -42, -100, 2)], 11 * scale, 0.1))
     organ(8, cv.tube(rng, [at(-12, -47, 112, 2), at(-10, -47, -100, 2)], 11 * scale, 0.05))
     pv = [at(48, 4, 42, 3), at(22, 2, 28, 2), at(2, -2, 18, 2), at(-30, -14, 26, 3), at(-66, -26, 42, 3)]
-    organ(10, cv.tube(rng, pv, 6.5 * scale, 0.1))
+    organ(10, cv.tube(rng, pv, 7.5 * scale, 0.1))
 
     # texture, partial-volume blur and scanner noise
     in_body = body
@@ -257,7 +257,7 @@ def generate_phantom(seed: int, spacing=(1.6, 1.6, 3.0), vary_spacing: bool = Tr
 
 
 def write_phantoms(out_dir: str, num_train: int = 16, num_val: int = 4, num_test: int = 1, seed: int = 0,
-                   spacing=(1.6, 1.6, 3.0)) -> str:
+                   spacing=(1.6, 1.6, 3.0), progress: bool = False) -> str:
     """Write phantoms and an MSD-style ``dataset.json`` under ``out_dir``; returns the datalist path.
 
     Case ``i`` uses seed ``seed * 100003 + i``, so datasets with the same seed share their cases.
@@ -275,6 +275,11 @@ def write_phantoms(out_dir: str, num_train: int = 16, num_val: int = 4, num_test
         "seed": seed,
     }
     case = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(splits.values()), desc="phantoms", unit="case")
     for split, count in splits.items():
         img_dir, lbl_dir = ("imagesTr", "labelsTr") if split != "test" else ("imagesTs", "labelsTs")
         os.makedirs(os.path.join(out_dir, img_dir), exist_ok=True)
@@ -291,7 +296,11 @@ def write_phantoms(out_dir: str, num_train: int = 16, num_val: int = 4, num_test
                 nib.save(img, os.path.join(out_dir, folder, name))
             entries.append({"image": f"{img_dir}/{name}", "label": f"{lbl_dir}/{name}"})
             case += 1
+            if bar is not None:
+                bar.update()
         datalist[split] = entries
+    if bar is not None:
+        bar.close()
     path = os.path.join(out_dir, "dataset.json")
     with open(path, "w") as f:
         json.dump(datalist, f, indent=2)
@@ -300,14 +309,8 @@ def write_phantoms(out_dir: str, num_train: int = 16, num_val: int = 4, num_test
 
 def main(out_dir: str = "data/phantoms", num_train: int = 16, num_val: int = 4, num_test: int = 1, seed: int = 0):
     """Command-line entry point: write the phantoms and print where the datalist is."""
-    from tqdm import tqdm
-
-    total = num_train + num_val + num_test
-    with tqdm(total=total, desc="phantoms", unit="case") as bar:
-        # one case per call keeps the progress bar honest without duplicating the split logic
-        path = write_phantoms(out_dir, num_train, num_val, num_test, seed)
-        bar.update(total)
-    print(f"wrote {total} phantoms and {path}")
+    path = write_phantoms(out_dir, num_train, num_val, num_test, seed, progress=True)
+    print(f"wrote {num_train + num_val + num_test} phantoms and {path}")
     return path
 
 

@@ -1,0 +1,142 @@
+"""End-to-end demo on the embedded phantoms: generate, fine-tune, evaluate, infer, report.
+
+Runs the bundle's own configs with ``configs/small.json`` (CPU-sized Swin UNETR), exactly as a user
+would from the command line, then prints the per-organ Dice table and writes under ``out_dir``:
+``report.md``, ``slices.png`` (image / ground truth / prediction of the held-out phantom) and the
+outputs of each step (``train/``, ``eval/``, ``inference/``).
+
+    python -m scripts.demo --out_dir runs/demo
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import fire
+import nibabel as nib
+import numpy as np
+
+from scripts.phantoms import BTCV_LABELS, write_phantoms
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ORGANS = [BTCV_LABELS[i] for i in range(1, 14)]
+
+
+def _bundle_run(step: str, configs: list[str], **overrides) -> float:
+    """Run one bundle workflow in a subprocess, streaming its log; returns the wall time in seconds."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([f"configs/{c}" for c in configs])]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    print(f"\n=== {step}\n$ {' '.join(cmd)}", flush=True)
+    start = time.time()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(cmd, cwd=ROOT, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"demo: step '{step}' failed with exit code {result.returncode}")
+    return time.time() - start
+
+
+def _read_means(path: str) -> dict[str, float]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    mean_row = next(r for r in rows if r["case"] == "mean")
+    return {k: (float(v) if v not in ("", "inf") else float(v or "nan")) for k, v in mean_row.items() if k != "case"}
+
+
+def _slices_png(image_path: str, label_path: str, pred_path: str, out_path: str) -> None:
+    """Axial slices through the kidneys, pancreas and liver plus a coronal slice: CT, truth, prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    def ras(path):
+        img = nib.as_closest_canonical(nib.load(path))
+        return np.asarray(img.dataobj), img.header.get_zooms()[:3]
+
+    ct, zooms = ras(image_path)
+    truth, _ = ras(label_path)
+    pred, _ = ras(pred_path)
+    colors = matplotlib.colormaps["tab20"](np.linspace(0, 1, 20))[:13]
+    cmap = ListedColormap(np.vstack([[0, 0, 0, 0], colors]))
+    z_of = lambda lbl: int(np.median(np.nonzero(truth == lbl)[2])) if (truth == lbl).any() else truth.shape[2] // 2
+    views = [("axial, kidneys", "z", z_of(2)), ("axial, pancreas", "z", z_of(11)), ("axial, liver", "z", z_of(6)),
+             ("coronal, aorta", "y", int(np.median(np.nonzero(truth == 8)[1])) if (truth == 8).any() else truth.shape[1] // 2)]
+    fig, axes = plt.subplots(len(views), 3, figsize=(12, 4 * len(views)))
+    for row, (title, axis, index) in enumerate(views):
+        take = (lambda v: v[:, :, index].T) if axis == "z" else (lambda v: v[:, index, :].T)
+        aspect = zooms[1] / zooms[0] if axis == "z" else zooms[2] / zooms[0]
+        ct_window = np.clip(take(ct), -175, 250)
+        for col, (name, overlay) in enumerate((("CT", None), ("ground truth", truth), ("prediction", pred))):
+            ax = axes[row, col]
+            ax.imshow(ct_window, cmap="gray", origin="lower", aspect=aspect)
+            if overlay is not None:
+                ax.imshow(take(overlay), cmap=cmap, vmin=0, vmax=13, alpha=0.55, origin="lower", aspect=aspect,
+                          interpolation="nearest")
+            ax.set_title(f"{name} ({title})")
+            ax.axis("off")
+    handles = [Patch(color=colors[i], label=f"{i + 1} {ORGANS[i]}") for i in range(13)]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(out_path, dpi=80)
+    plt.close(fig)
+
+
+def main(out_dir: str = "runs/demo", data_dir: str = "data/phantoms", num_train: int = 16, num_val: int = 4,
+         max_epochs: int = 8, seed: int = 0):
+    """Generate phantoms, fine-tune a small Swin UNETR, evaluate on held-out phantoms, infer, report."""
+    out_dir, data_dir = os.path.abspath(out_dir), os.path.abspath(data_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.time()
+
+    print(f"=== [1/4] generating {num_train} + {num_val} + 1 phantoms in {data_dir}", flush=True)
+    datalist = write_phantoms(data_dir, num_train=num_train, num_val=num_val, num_test=1, seed=seed, progress=True)
+
+    common = {"dataset_dir": data_dir, "ckpt_dir": os.path.join(out_dir, "models")}
+    t_train = _bundle_run("[2/4] fine-tuning Swin UNETR (feature_size 12, 64^3 crops, CPU-sized)",
+                          ["train.json", "small.json"], output_dir=os.path.join(out_dir, "train"),
+                          max_epochs=max_epochs, val_interval=max_epochs, **common)
+    t_eval = _bundle_run("[3/4] evaluating on the held-out validation phantoms",
+                         ["train.json", "evaluate.json", "small.json"], output_dir=os.path.join(out_dir, "eval"), **common)
+    test_case = json.load(open(datalist))["test"][0]
+    t_infer = _bundle_run("[4/4] inference on a held-out phantom", ["inference.json", "small.json"],
+                          dataset_dir=os.path.join(data_dir, os.path.dirname(test_case["image"])),
+                          output_dir=os.path.join(out_dir, "inference"), ckpt_dir=common["ckpt_dir"])
+
+    dice = _read_means(os.path.join(out_dir, "eval", "val_mean_dice_per_case.csv"))
+    hd95 = _read_means(os.path.join(out_dir, "eval", "val_hd95_mm_per_case.csv"))
+    name = os.path.basename(test_case["image"]).replace(".nii.gz", "")
+    png = os.path.join(out_dir, "slices.png")
+    _slices_png(os.path.join(data_dir, test_case["image"]), os.path.join(data_dir, test_case["label"]),
+                os.path.join(out_dir, "inference", f"{name}_seg.nii.gz"), png)
+
+    lines = [f"| {'organ':<30} | Dice  | HD95 (mm) |", f"|{'-' * 32}|-------|-----------|"]
+    for organ in ORGANS + ["mean"]:
+        lines.append(f"| {organ:<30} | {dice[organ]:.3f} | {hd95[organ]:9.1f} |")
+    table = "\n".join(lines)
+    total = time.time() - start
+    report = (
+        f"# Swin UNETR demo on synthetic CT phantoms\n\n"
+        f"Fine-tuned on {num_train} phantoms for {max_epochs} epochs with `configs/small.json` (feature_size 12, "
+        f"64^3 crops, 3 mm voxels); evaluated on {num_val} held-out phantoms on their original grids.\n\n"
+        f"{table}\n\n"
+        f"Times: fine-tuning {t_train:.0f} s, evaluation {t_eval:.0f} s, inference {t_infer:.0f} s, total {total:.0f} s.\n\n"
+        f"![slices](slices.png)\n\nOutputs: `train/` (logs, TensorBoard, checkpoints), `models/model.pt`, `eval/` "
+        f"(CSV tables, predicted label maps), `inference/{name}_seg.nii.gz`.\n"
+    )
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(report)
+    print(f"\n{table}\n\nmean Dice over 13 organs on held-out phantoms: {dice['mean']:.3f}")
+    print(f"report: {os.path.join(out_dir, 'report.md')}\nslices: {png}\ntotal time: {total:.0f} s")
+    return dice["mean"]
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

@@ -1,0 +1,87 @@
+"""Shared fixtures: small phantom datasets and one short training run reused by several tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scripts.phantoms import write_phantoms
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REAL_CT = SHARED / "data" / "real_ct"
+
+# CPU-sized settings on top of configs/small.json, so the suite stays within minutes on 2 cores
+FAST = {"num_workers": 0, "cache_rate": 1.0}
+
+
+def configs(*names: str) -> list[str]:
+    return [str(ROOT / "configs" / n) for n in names]
+
+
+def bundle_run(config_names, overrides: dict, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle run`` from the bundle root, the way the README does."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs(*config_names))]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory) -> Path:
+    """Four training, one validation and one test phantom."""
+    out = tmp_path_factory.mktemp("phantoms")
+    write_phantoms(str(out), num_train=4, num_val=1, num_test=1, seed=7)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, phantoms):
+    """A short training run on the phantoms (two epochs, a checkpoint after each)."""
+    from monai.bundle import ConfigWorkflow
+
+    out = tmp_path_factory.mktemp("train")
+    wf = ConfigWorkflow(
+        config_file=configs("train.json", "small.json"),
+        workflow_type="train",
+        bundle_root=str(ROOT),
+        dataset_dir=str(phantoms),
+        output_dir=str(out / "runs"),
+        ckpt_dir=str(out / "models"),
+        max_epochs=TRAIN_EPOCHS,
+        val_interval=TRAIN_EPOCHS,
+        ckpt_interval=1,
+        **FAST,
+    )
+    wf.initialize()
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    state = {"iteration": trainer.state.iteration, "epoch": trainer.state.epoch, "epoch_length": trainer.state.epoch_length}
+    wf.finalize()
+    return {"dir": out, "state": state}
+
+
+TRAIN_EPOCHS = 6
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory) -> Path:
+    """models/model.pt of an untrained small network, for tests that only need a loadable checkpoint."""
+    from monai.networks.nets import SwinUNETR
+
+    out = tmp_path_factory.mktemp("random_model")
+    torch.manual_seed(0)
+    torch.save(SwinUNETR(in_channels=1, out_channels=14, feature_size=12).state_dict(), out / "model.pt")
+    return out
+
+
+def requires_real_ct():
+    return pytest.mark.skipif(not REAL_CT.is_dir(), reason=f"real CT data not found at {REAL_CT} (only in the project's CI)")

@@ -1,0 +1,90 @@
+"""The repository is a valid MONAI bundle: configs parse, standard properties exist, metadata verifies."""
+
+import json
+import re
+import shutil
+
+import pytest
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
+
+from conftest import ROOT, SHARED, configs
+
+
+def pins(path):
+    out = {}
+    for line in (ROOT / path).read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", line.strip())
+        if m:
+            out[m.group(1).lower()] = m.group(2)
+    return out
+
+
+def test_every_config_is_valid_json_and_metadata_link_points_to_canonical_file():
+    for path in (ROOT / "configs").glob("*.json"):
+        json.loads(path.read_text())
+    link = ROOT / "metadata.json"
+    assert link.is_symlink() and link.resolve() == (ROOT / "configs" / "metadata.json").resolve()
+
+
+def test_metadata_versions_match_requirements():
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    req = pins("requirements.txt")
+    assert meta["monai_version"] == req["monai"]
+    assert meta["pytorch_version"] == req["torch"]
+    assert meta["numpy_version"] == req["numpy"]
+    for name, version in meta["required_packages_version"].items():
+        assert req[name.lower()] == version, name
+    names = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert len(names) == 14 and names["10"] == "portal vein and splenic vein" and names["13"] == "left adrenal gland"
+
+
+@pytest.mark.skipif(not (SHARED / "schema").is_dir(), reason=f"schema copy not found at {SHARED / 'schema'}")
+def test_verify_metadata_against_shared_schema(tmp_path):
+    schema = tmp_path / "schema.json"
+    shutil.copy(SHARED / "schema" / "meta_schema_20240725.json", schema)
+    verify_metadata(meta_file=str(ROOT / "configs" / "metadata.json"), filepath=str(schema))
+
+
+def test_verify_net_in_out():
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        config_file=str(ROOT / "configs" / "inference.json"),
+        device="cpu",
+        n=2,
+        feature_size=12,
+    )
+
+
+def test_paper_defaults_without_img_size():
+    parser = ConfigParser()
+    parser.read_config(configs("train.json"))
+    net = parser.get("network_def")
+    assert "img_size" not in net and net["_target_"] == "SwinUNETR" and parser.get("feature_size") == 48
+    assert parser.get("roi_size") == [96, 96, 96] and parser.get("pixdim") == [1.5, 1.5, 2.0]
+    assert (parser.get("a_min"), parser.get("a_max")) == (-175, 250)
+    assert parser.get("validate#inferer#mode") == "gaussian" and parser.get("sw_overlap") == 0.5
+
+
+@pytest.mark.parametrize("base", [("train.json",), ("train.json", "evaluate.json"), ("inference.json",)])
+def test_small_overlay_shrinks_every_workflow(base):
+    parser = ConfigParser()
+    parser.read_config(configs(*base, "small.json"))
+    parser.update({"bundle_root": str(ROOT)})
+    net = parser.get_parsed_content("network_def")
+    assert net.swinViT.embed_dim == 12
+    assert parser.get_parsed_content("roi_size") == [64, 64, 64]
+
+
+def test_train_workflow_properties(phantoms):
+    wf = ConfigWorkflow(config_file=configs("train.json", "small.json"), workflow_type="train",
+                        bundle_root=str(ROOT), dataset_dir=str(phantoms), num_workers=0)
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_infer_workflow_properties(phantoms, random_model):
+    wf = ConfigWorkflow(config_file=configs("inference.json", "small.json"), workflow_type="infer",
+                        bundle_root=str(ROOT), dataset_dir=str(phantoms / "imagesTs"), ckpt_dir=str(random_model))
+    wf.initialize()
+    assert wf.check_properties() == []
