@@ -90,7 +90,7 @@ def _slices_png(image_path: str, label_path: str, pred_path: str, out_path: str)
 
 
 def main(out_dir: str = "runs/demo", data_dir: str = "data/phantoms", num_train: int = 16, num_val: int = 4,
-         max_epochs: int = 8, seed: int = 0):
+         max_epochs: int = 14, seed: int = 0):
     """Generate phantoms, fine-tune a small Swin UNETR, evaluate on held-out phantoms, infer, report."""
     out_dir, data_dir = os.path.abspath(out_dir), os.path.abspath(data_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -125,7 +125,7 @@ def main(out_dir: str = "runs/demo", data_dir: str = "data/phantoms", num_train:
     report = (
         f"# Swin UNETR demo on synthetic CT phantoms\n\n"
         f"Fine-tuned on {num_train} phantoms for {max_epochs} epochs with `configs/small.json` (feature_size 12, "
-        f"64^3 crops, 3 mm voxels); evaluated on {num_val} held-out phantoms on their original grids.\n\n"
+        f"64^3 crops, 4 mm voxels); evaluated on {num_val} held-out phantoms on their original grids.\n\n"
         f"{table}\n\n"
         f"Times: fine-tuning {t_train:.0f} s, evaluation {t_eval:.0f} s, inference {t_infer:.0f} s, total {total:.0f} s.\n\n"
         f"![slices](slices.png)\n\nOutputs: `train/` (logs, TensorBoard, checkpoints), `models/model.pt`, `eval/` "

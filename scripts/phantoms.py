@@ -49,19 +49,19 @@ FOV_MM = ((-190.0, 190.0), (-150.0, 150.0), (-100.0, 110.0))
 
 # (unenhanced HU, portal-venous enhancement in HU) per organ; enhancement is scaled per case.
 ORGAN_HU = {
-    1: (45, 75),
-    2: (35, 120),
-    3: (35, 120),
-    4: (10, 0),
-    5: (40, 20),
-    6: (55, 55),
-    7: (40, 35),
-    8: (40, 140),
-    9: (40, 90),
-    10: (40, 120),
-    11: (40, 60),
-    12: (30, 35),
-    13: (30, 35),
+    1: (45, 90),  # spleen, enhancing more than the liver in the portal-venous phase
+    2: (35, 140),  # kidneys: cortex and medulla enhanced
+    3: (35, 140),
+    4: (5, 0),  # gallbladder: bile
+    5: (45, 15),  # esophagus wall (an air lumen is added)
+    6: (55, 45),
+    7: (40, 40),  # stomach wall (content: positive oral contrast and gas)
+    8: (40, 180),
+    9: (40, 80),
+    10: (40, 140),
+    11: (40, 40),  # pancreas, lobulated with fat
+    12: (30, 25),
+    13: (30, 25),
 }
 
 
@@ -215,26 +215,34 @@ def generate_phantom(seed: int, spacing=(1.6, 1.6, 3.0), vary_spacing: bool = Tr
     organ(6, cv.blob(rng, at(65, -5, 45), size(58, 62, 55), _rotation(rng, 10)))  # liver right lobe
     organ(6, cv.blob(rng, at(5, 35, 60), size(48, 30, 30), _rotation(rng, 10, (0, 0, 15))))  # left lobe
     organ(1, cv.blob(rng, at(-82, -30, 50), size(20, 42, 45), _rotation(rng, 10, (0, 0, 30))))
-    stomach_hu = organ_hu(7)
+    stomach_hu, oral_contrast = organ_hu(7), rng.uniform(200, 320)
     fundus = cv.blob(rng, at(-45, 5, 72), size(34, 30, 28), _rotation(rng, 10))
     body_st = cv.blob(rng, at(-30, 38, 38), size(30, 26, 36), _rotation(rng, 10, (30, 0, 0)))
     for part in (fundus, body_st):
         cv.paint(part, stomach_hu, 7, within=cavity)
-        # gastric contents: fluid, and gas in the most anterior part; still labelled stomach
+        # gastric contents: positive oral contrast, gas in the most anterior part; still labelled stomach
         slices, mask = part
         if slices is not None:
             inner = ndimage.binary_erosion(mask, iterations=2) & cavity[slices]
-            cv.hu[slices][inner] = rng.uniform(5, 20)
+            cv.hu[slices][inner] = oral_contrast
             yy = cv.origin[1] + cv.spacing[1] * np.arange(slices[1].start, slices[1].stop)
             gas = inner & (yy[None, :, None] > np.percentile(yy, 75))
             cv.hu[slices][gas] = -800.0
     organ(4, cv.blob(rng, at(40, 42, 15), size(14, 15, 30), _rotation(rng, 15, (20, 0, 0))))
     organ(2, cv.blob(rng, at(58, -48, -18), size(24, 26, 48), _rotation(rng, 10, (0, 10, -15))))
     organ(3, cv.blob(rng, at(-58, -48, -6), size(24, 26, 48), _rotation(rng, 10, (0, -10, 15))))
-    organ(11, cv.tube(rng, [at(22, 2, 2), at(-5, 12, 18), at(-35, 5, 28), at(-65, -18, 38)], 11 * scale, 0.2))
+    pancreas = cv.tube(rng, [at(22, 2, 2), at(-5, 12, 18), at(-35, 5, 28), at(-65, -18, 38)], 11 * scale, 0.2)
+    organ(11, pancreas)
+    if pancreas[0] is not None:  # fatty lobulation: smooth random blotches of fat inside the gland
+        slices, mask = pancreas
+        blotch = ndimage.gaussian_filter(rng.normal(0, 1, mask.shape), 1.2)
+        fat = mask & cavity[slices] & (blotch > 0.8 * blotch.std())
+        cv.hu[slices][fat] = -40.0
     organ(12, cv.blob(rng, at(40, -42, 42), size(8, 15, 22), _rotation(rng, 10, (0, 0, 30)), 0.1))
     organ(13, cv.blob(rng, at(-38, -42, 36), size(8, 15, 22), _rotation(rng, 10, (0, 0, -30)), 0.1))
-    organ(5, cv.tube(rng, [at(-5, -42, 112, 2), at(-12, -35, 95, 2), at(-28, -12, 80, 2)], 10 * scale, 0.1))
+    esophagus = [at(-5, -42, 112, 2), at(-12, -35, 95, 2), at(-28, -12, 80, 2)]
+    organ(5, cv.tube(rng, esophagus, 10 * scale, 0.1))
+    cv.paint(cv.tube(rng, esophagus, 3.0, 0.2), -850.0, within=cv.label == 5)  # air in the lumen
     organ(9, cv.tube(rng, [at(24, -38, 112, 2), at(22, -36, 60, 2), at(20, -42, -100, 2)], 11 * scale, 0.1))
     organ(8, cv.tube(rng, [at(-12, -47, 112, 2), at(-10, -47, -100, 2)], 11 * scale, 0.05))
     pv = [at(48, 4, 42, 3), at(22, 2, 28, 2), at(2, -2, 18, 2), at(-30, -14, 26, 3), at(-66, -26, 42, 3)]
