@@ -71,7 +71,8 @@ def _slices_png(image_path: str, label_path: str, pred_path: str, out_path: str)
              ("coronal, aorta", "y", int(np.median(np.nonzero(truth == 8)[1])) if (truth == 8).any() else truth.shape[1] // 2)]
     fig, axes = plt.subplots(len(views), 3, figsize=(12, 4 * len(views)))
     for row, (title, axis, index) in enumerate(views):
-        take = (lambda v: v[:, :, index].T) if axis == "z" else (lambda v: v[:, index, :].T)
+        # radiological convention: the patient's right on the left of the picture
+        take = (lambda v: v[::-1, :, index].T) if axis == "z" else (lambda v: v[::-1, index, :].T)
         aspect = zooms[1] / zooms[0] if axis == "z" else zooms[2] / zooms[0]
         ct_window = np.clip(take(ct), -175, 250)
         for col, (name, overlay) in enumerate((("CT", None), ("ground truth", truth), ("prediction", pred))):
@@ -90,7 +91,7 @@ def _slices_png(image_path: str, label_path: str, pred_path: str, out_path: str)
 
 
 def main(out_dir: str = "runs/demo", data_dir: str = "data/phantoms", num_train: int = 16, num_val: int = 4,
-         max_epochs: int = 14, seed: int = 0):
+         max_epochs: int = 16, seed: int = 0):
     """Generate phantoms, fine-tune a small Swin UNETR, evaluate on held-out phantoms, infer, report."""
     out_dir, data_dir = os.path.abspath(out_dir), os.path.abspath(data_dir)
     os.makedirs(out_dir, exist_ok=True)

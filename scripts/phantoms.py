@@ -42,9 +42,8 @@ BTCV_LABELS = {
     13: "left adrenal gland",
 }
 
-# Field of view in mm of the RAS+ world (x to the patient's right is negative... see below):
-# nibabel's RAS+ has +x towards the patient's Left->Right, i.e. the patient's right side is +x,
-# anterior is +y and superior is +z. The liver therefore sits at +x, the spleen at -x.
+# Field of view in mm of nibabel's RAS+ world: +x towards the patient's right, +y anterior,
+# +z superior. The liver therefore sits at +x and the spleen at -x.
 FOV_MM = ((-190.0, 190.0), (-150.0, 150.0), (-100.0, 110.0))
 
 # (unenhanced HU, portal-venous enhancement in HU) per organ; enhancement is scaled per case.
@@ -215,7 +214,7 @@ def generate_phantom(seed: int, spacing=(1.6, 1.6, 3.0), vary_spacing: bool = Tr
     organ(6, cv.blob(rng, at(65, -5, 45), size(58, 62, 55), _rotation(rng, 10)))  # liver right lobe
     organ(6, cv.blob(rng, at(5, 35, 60), size(48, 30, 30), _rotation(rng, 10, (0, 0, 15))))  # left lobe
     organ(1, cv.blob(rng, at(-82, -30, 50), size(20, 42, 45), _rotation(rng, 10, (0, 0, 30))))
-    stomach_hu, oral_contrast = organ_hu(7), rng.uniform(200, 320)
+    stomach_hu, oral_contrast = organ_hu(7), rng.uniform(140, 200)
     fundus = cv.blob(rng, at(-45, 5, 72), size(34, 30, 28), _rotation(rng, 10))
     body_st = cv.blob(rng, at(-30, 38, 38), size(30, 26, 36), _rotation(rng, 10, (30, 0, 0)))
     for part in (fundus, body_st):
@@ -249,9 +248,8 @@ def generate_phantom(seed: int, spacing=(1.6, 1.6, 3.0), vary_spacing: bool = Tr
     organ(10, cv.tube(rng, pv, 7.5 * scale, 0.1))
 
     # texture, partial-volume blur and scanner noise
-    in_body = body
     texture = ndimage.gaussian_filter(rng.normal(0, 1, cv.shape).astype(np.float32), 2.0)
-    cv.hu += np.where(in_body, texture * (8.0 / max(texture.std(), 1e-6)), 0.0).astype(np.float32)
+    cv.hu += np.where(body, texture * (8.0 / max(texture.std(), 1e-6)), 0.0).astype(np.float32)
     cv.hu = ndimage.gaussian_filter(cv.hu, 0.6)
     cv.hu += rng.normal(0, rng.uniform(8, 18), cv.shape).astype(np.float32)
     hu = np.clip(np.round(cv.hu), -1024, 3071).astype(np.int16)
