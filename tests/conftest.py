@@ -69,7 +69,7 @@ def trained(tmp_path_factory, phantoms):
     return {"dir": out, "state": state}
 
 
-TRAIN_EPOCHS = 6
+TRAIN_EPOCHS = 16
 
 
 @pytest.fixture(scope="session")
