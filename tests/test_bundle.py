@@ -88,3 +88,29 @@ def test_infer_workflow_properties(phantoms, random_model):
                         bundle_root=str(ROOT), dataset_dir=str(phantoms / "imagesTs"), ckpt_dir=str(random_model))
     wf.initialize()
     assert wf.check_properties() == []
+
+
+def test_cpu_defaults_no_amp_and_switchable_gradient_checkpointing():
+    parser = ConfigParser()
+    parser.read_config(configs("train.json", "small.json"))
+    parser.update({"bundle_root": str(ROOT), "use_checkpoint": True, "device": "$torch.device('cpu')"})
+    assert parser.get_parsed_content("amp") is False
+    net = parser.get_parsed_content("network_def")
+    assert net.swinViT.layers1[0].use_checkpoint is True
+
+
+def test_tensorboard_handlers_are_skipped_with_a_notice_when_tensorboard_is_missing(monkeypatch, caplog, phantoms):
+    import importlib.util
+
+    import scripts.tensorboard as tb
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    monkeypatch.setattr(tb, "_notified", False)
+    parser = ConfigParser()
+    parser.read_config(configs("train.json", "small.json"))
+    parser.update({"bundle_root": str(ROOT), "dataset_dir": str(phantoms), "num_workers": 0})
+    handlers = parser.get_parsed_content("train#handlers", lazy=False)
+    assert not any(type(h).__name__ == "TensorBoardStatsHandler" for h in handlers)
+    assert any(type(h).__name__ == "StatsHandler" for h in handlers)
+    assert "tensorboard is not installed" in caplog.text
