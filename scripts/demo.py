@@ -45,7 +45,7 @@ def _read_means(path: str) -> dict[str, float]:
     with open(path) as f:
         rows = list(csv.DictReader(f))
     mean_row = next(r for r in rows if r["case"] == "mean")
-    return {k: (float(v) if v not in ("", "inf") else float(v or "nan")) for k, v in mean_row.items() if k != "case"}
+    return {k: float(v) if v else float("nan") for k, v in mean_row.items() if k != "case"}
 
 
 def _slices_png(image_path: str, label_path: str, pred_path: str, out_path: str) -> None:

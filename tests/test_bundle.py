@@ -114,3 +114,19 @@ def test_tensorboard_handlers_are_skipped_with_a_notice_when_tensorboard_is_miss
     assert not any(type(h).__name__ == "TensorBoardStatsHandler" for h in handlers)
     assert any(type(h).__name__ == "StatsHandler" for h in handlers)
     assert "tensorboard is not installed" in caplog.text
+
+
+def test_ckpt_export_traces_the_network_for_torchscript(random_model, tmp_path):
+    import torch
+    from monai.bundle import ckpt_export
+    from monai.networks.nets import SwinUNETR
+
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(random_model / "model.pt"),
+                meta_file=str(ROOT / "configs" / "metadata.json"), config_file=configs("inference.json", "small.json"),
+                use_trace=True, input_shape=[1, 1, 64, 64, 64], bundle_root=str(ROOT))
+    traced = torch.jit.load(str(tmp_path / "model.ts"))
+    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12).eval()
+    net.load_state_dict(torch.load(random_model / "model.pt", weights_only=True))
+    x = torch.rand(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(traced(x), net(x), atol=1e-4)
