@@ -43,8 +43,8 @@ def test_training_writes_flat_best_model(trained):
 
 
 def test_full_state_checkpoints_hold_everything_needed_to_resume(trained):
-    ckpt = torch.load(trained["dir"] / "runs" / "checkpoints" / "checkpoint_final.pt", map_location="cpu",
-                      weights_only=True)
+    path = trained["dir"] / "runs" / "checkpoints" / "checkpoint_final.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer", "best_model"} <= set(ckpt)
     assert ckpt["trainer"]["iteration"] == trained["state"]["iteration"]
 
