@@ -1,8 +1,6 @@
 """Bad input to inference or evaluation: non-zero exit, one line naming the file and the problem, no output."""
 
-import gzip
 import json
-import shutil
 
 import nibabel as nib
 import numpy as np

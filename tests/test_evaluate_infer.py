@@ -1,11 +1,10 @@
 """Evaluation writes per-organ Dice / HD95 tables; inference writes label maps on the input's own grid."""
 
 import csv
-import shutil
+import json
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from conftest import REAL_CT, bundle_run, requires_real_ct
 from scripts.phantoms import BTCV_LABELS
@@ -60,8 +59,6 @@ def test_real_ct_inference_and_evaluation_stay_aligned(trained, tmp_path):
     (data / "images" / "abdomen.nii.gz").symlink_to(REAL_CT / "abdomen_pelvis_3mm_ct.nii.gz")
     (data / "labels" / "abdomen.nii.gz").symlink_to(REAL_CT / "abdomen_pelvis_3mm_btcv13.nii.gz")
     entry = {"image": "images/abdomen.nii.gz", "label": "labels/abdomen.nii.gz"}
-    import json
-
     (data / "dataset.json").write_text(json.dumps({"training": [entry], "validation": [entry], "test": [entry]}))
     image = nib.load(data / "images" / "abdomen.nii.gz")
 

@@ -3,7 +3,6 @@
 import csv
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor

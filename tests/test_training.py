@@ -2,7 +2,6 @@
 
 import shutil
 
-import numpy as np
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
