@@ -46,3 +46,30 @@ def latest(checkpoint_dir: str) -> str | None:
     path = max(files, key=os.path.getmtime)
     logger.info(f"resuming from {path}")
     return path
+
+
+class ReseedEachEpoch:
+    """At every epoch start: reseed all random generators from ``seed + epoch`` and restart the data
+    iterator, so the epoch's crops, augmentations and proxy-task draws depend only on the epoch.
+
+    With checkpoints at epoch ends, a resumed run then continues exactly as an uninterrupted one
+    would (same data order, crops and masks), which is what makes resumed runs reproducible.
+    """
+
+    def __init__(self, seed: int, dataset=None):
+        self.seed, self.dataset = seed, dataset
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine) -> None:
+        from monai.data.utils import set_rnd
+        from monai.utils import set_determinism
+
+        seed = self.seed + engine.state.epoch
+        set_determinism(seed=seed)
+        if self.dataset is not None:  # transforms run in this process when num_workers == 0
+            set_rnd(self.dataset, seed)
+        engine.set_data(engine.data_loader)

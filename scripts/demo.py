@@ -1,9 +1,12 @@
-"""End-to-end demo on the embedded phantoms: generate, fine-tune, evaluate, infer, report.
+"""End-to-end demo on the embedded phantoms: generate, pre-train, fine-tune, evaluate, infer, report.
 
-Runs the bundle's own configs with ``configs/small.json`` (CPU-sized Swin UNETR), exactly as a user
-would from the command line, then prints the per-organ Dice table and writes under ``out_dir``:
-``report.md``, ``slices.png`` (image / ground truth / prediction of the held-out phantom) and the
-outputs of each step (``train/``, ``eval/``, ``inference/``).
+Runs the bundle's own configs with ``configs/small_pretrain.json`` and ``configs/small.json``
+(CPU-sized Swin UNETR), exactly as a user would from the command line. Pre-training uses the
+phantoms and, when present, the unlabelled real CT in ``../shared/data/real_ct``; fine-tuning starts
+from the pre-trained encoder. Prints the pre-training losses and the per-organ Dice table and writes
+under ``out_dir``: ``report.md``, ``slices.png`` (image / ground truth / prediction of the held-out
+phantom), ``pretrain.png`` (inpainting at the last pre-training iteration) and the outputs of each
+step (``pretrain/``, ``train/``, ``eval/``, ``inference/``).
 
     python -m scripts.demo --out_dir runs/demo
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -46,6 +50,14 @@ def _read_means(path: str) -> dict[str, float]:
         rows = list(csv.DictReader(f))
     mean_row = next(r for r in rows if r["case"] == "mean")
     return {k: float(v) if v else float("nan") for k, v in mean_row.items() if k != "case"}
+
+
+def _loss_summary(path: str, window: int = 3) -> tuple[dict, dict]:
+    """Mean loss terms over the first and the last ``window`` logged pre-training iterations."""
+    with open(path) as f:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    mean = lambda rs: {k: sum(r[k] for r in rs) / len(rs) for k in ("rotation", "contrastive", "reconstruction", "total")}
+    return mean(rows[:window]), mean(rows[-window:])
 
 
 def _slices_png(image_path: str, label_path: str, pred_path: str, out_path: str) -> None:
@@ -91,23 +103,35 @@ def _slices_png(image_path: str, label_path: str, pred_path: str, out_path: str)
 
 
 def main(out_dir: str = "runs/demo", data_dir: str = "data/phantoms", num_train: int = 16, num_val: int = 4,
-         max_epochs: int = 16, seed: int = 0):
-    """Generate phantoms, fine-tune a small Swin UNETR, evaluate on held-out phantoms, infer, report."""
+         pretrain_iterations: int = 24, max_epochs: int = 12, seed: int = 0,
+         real_ct_dir: str = os.path.join(os.path.dirname(ROOT), "shared", "data", "real_ct")):
+    """Generate phantoms, pre-train and fine-tune a small Swin UNETR, evaluate on held-out phantoms, infer, report."""
     out_dir, data_dir = os.path.abspath(out_dir), os.path.abspath(data_dir)
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
 
-    print(f"=== [1/4] generating {num_train} + {num_val} + 1 phantoms in {data_dir}", flush=True)
+    print(f"=== [1/5] generating {num_train} + {num_val} + 1 phantoms in {data_dir}", flush=True)
     datalist = write_phantoms(data_dir, num_train=num_train, num_val=num_val, num_test=1, seed=seed, progress=True)
 
     common = {"dataset_dir": data_dir, "ckpt_dir": os.path.join(out_dir, "models")}
-    t_train = _bundle_run("[2/4] fine-tuning Swin UNETR (feature_size 12, 64^3 crops, CPU-sized)",
+    sources = [datalist]
+    if os.path.isdir(real_ct_dir):
+        sources.append(os.path.join(real_ct_dir, "*_ct.nii.gz"))
+    else:
+        print(f"(no unlabelled real CT at {real_ct_dir}: pre-training on the phantoms only)")
+    interval = pretrain_iterations // 2
+    t_pretrain = _bundle_run(f"[2/5] self-supervised pre-training on {len(sources)} source(s) (feature_size 12, 64^3 crops)",
+                             ["pretrain.json", "small_pretrain.json"], output_dir=os.path.join(out_dir, "pretrain"),
+                             train_sources=sources, max_iterations=pretrain_iterations, ckpt_interval=interval,
+                             val_interval=interval, image_interval=interval, **common)
+    encoder = os.path.join(common["ckpt_dir"], "ssl_encoder.pt")
+    t_train = _bundle_run("[3/5] fine-tuning Swin UNETR from the pre-trained encoder",
                           ["train.json", "small.json"], output_dir=os.path.join(out_dir, "train"),
-                          max_epochs=max_epochs, val_interval=max_epochs, **common)
-    t_eval = _bundle_run("[3/4] evaluating on the held-out validation phantoms",
+                          max_epochs=max_epochs, val_interval=max_epochs, pretrained_encoder=encoder, **common)
+    t_eval = _bundle_run("[4/5] evaluating on the held-out validation phantoms",
                          ["train.json", "evaluate.json", "small.json"], output_dir=os.path.join(out_dir, "eval"), **common)
     test_case = json.load(open(datalist))["test"][0]
-    t_infer = _bundle_run("[4/4] inference on a held-out phantom", ["inference.json", "small.json"],
+    t_infer = _bundle_run("[5/5] inference on a held-out phantom", ["inference.json", "small.json"],
                           dataset_dir=os.path.join(data_dir, os.path.dirname(test_case["image"])),
                           output_dir=os.path.join(out_dir, "inference"), ckpt_dir=common["ckpt_dir"])
 
@@ -118,6 +142,13 @@ def main(out_dir: str = "runs/demo", data_dir: str = "data/phantoms", num_train:
     _slices_png(os.path.join(data_dir, test_case["image"]), os.path.join(data_dir, test_case["label"]),
                 os.path.join(out_dir, "inference", f"{name}_seg.nii.gz"), png)
 
+    shutil.copy(os.path.join(out_dir, "pretrain", "images", f"iteration_{pretrain_iterations:07d}.png"),
+                os.path.join(out_dir, "pretrain.png"))
+    start_losses, end_losses = _loss_summary(os.path.join(out_dir, "pretrain", "losses.csv"))
+    losses = ["| pre-training loss | first 3 iterations | last 3 iterations |", "|---|---|---|"]
+    losses += [f"| {k} | {start_losses[k]:.3f} | {end_losses[k]:.3f} |" for k in start_losses]
+    losses = "\n".join(losses)
+
     lines = [f"| {'organ':<30} | Dice  | HD95 (mm) |", f"|{'-' * 32}|-------|-----------|"]
     for organ in ORGANS + ["mean"]:
         lines.append(f"| {organ:<30} | {dice[organ]:.3f} | {hd95[organ]:9.1f} |")
@@ -125,16 +156,20 @@ def main(out_dir: str = "runs/demo", data_dir: str = "data/phantoms", num_train:
     total = time.time() - start
     report = (
         f"# Swin UNETR demo on synthetic CT phantoms\n\n"
-        f"Fine-tuned on {num_train} phantoms for {max_epochs} epochs with `configs/small.json` (feature_size 12, "
-        f"64^3 crops, 4 mm voxels); evaluated on {num_val} held-out phantoms on their original grids.\n\n"
-        f"{table}\n\n"
-        f"Times: fine-tuning {t_train:.0f} s, evaluation {t_eval:.0f} s, inference {t_infer:.0f} s, total {total:.0f} s.\n\n"
-        f"![slices](slices.png)\n\nOutputs: `train/` (logs, TensorBoard, checkpoints), `models/model.pt`, `eval/` "
+        f"Pre-trained for {pretrain_iterations} iterations with `configs/small_pretrain.json` on "
+        f"{', '.join(f'`{s}`' for s in sources)}; then fine-tuned from the pre-trained encoder on {num_train} phantoms "
+        f"for {max_epochs} epochs with `configs/small.json` (feature_size 12, 64^3 crops, 4 mm voxels); evaluated on "
+        f"{num_val} held-out phantoms on their original grids.\n\n"
+        f"{losses}\n\n![pre-training](pretrain.png)\n\n{table}\n\n"
+        f"Times: pre-training {t_pretrain:.0f} s, fine-tuning {t_train:.0f} s, evaluation {t_eval:.0f} s, "
+        f"inference {t_infer:.0f} s, total {total:.0f} s.\n\n"
+        f"![slices](slices.png)\n\nOutputs: `pretrain/` (losses.csv, images/, TensorBoard, checkpoints), "
+        f"`models/ssl_encoder.pt`, `train/` (logs, TensorBoard, checkpoints), `models/model.pt`, `eval/` "
         f"(CSV tables, predicted label maps), `inference/{name}_seg.nii.gz`.\n"
     )
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(report)
-    print(f"\n{table}\n\nmean Dice over 13 organs on held-out phantoms: {dice['mean']:.3f}")
+    print(f"\n{losses}\n\n{table}\n\nmean Dice over 13 organs on held-out phantoms: {dice['mean']:.3f}")
     print(f"report: {os.path.join(out_dir, 'report.md')}\nslices: {png}\ntotal time: {total:.0f} s")
     return dice["mean"]
 

@@ -85,3 +85,34 @@ def random_model(tmp_path_factory) -> Path:
 
 def requires_real_ct():
     return pytest.mark.skipif(not REAL_CT.is_dir(), reason=f"real CT data not found at {REAL_CT} (only in the project's CI)")
+
+
+PRETRAIN_ITERATIONS = 30
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, phantoms):
+    """A short pre-training run on the phantoms (and the unlabelled real CT when present)."""
+    from monai.bundle import ConfigWorkflow
+
+    out = tmp_path_factory.mktemp("pretrain")
+    sources = [str(phantoms / "dataset.json")] + ([str(REAL_CT / "*_ct.nii.gz")] if REAL_CT.is_dir() else [])
+    wf = ConfigWorkflow(
+        config_file=configs("pretrain.json", "small_pretrain.json"),
+        workflow_type="train",
+        bundle_root=str(ROOT),
+        dataset_dir=str(phantoms),
+        train_sources=sources,
+        output_dir=str(out / "runs"),
+        ckpt_dir=str(out / "models"),
+        max_iterations=PRETRAIN_ITERATIONS,
+        ckpt_interval=PRETRAIN_ITERATIONS // 2,
+        val_interval=PRETRAIN_ITERATIONS,
+        image_interval=PRETRAIN_ITERATIONS // 2,
+        **FAST,
+    )
+    wf.initialize()
+    wf.run()
+    metrics = dict(wf.parser.get_parsed_content("validate#evaluator").state.metrics)
+    wf.finalize()
+    return {"dir": out, "metrics": metrics, "iterations": PRETRAIN_ITERATIONS}

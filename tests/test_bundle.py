@@ -130,3 +130,28 @@ def test_ckpt_export_traces_the_network_for_torchscript(random_model, tmp_path):
     x = torch.rand(1, 1, 64, 64, 64)
     with torch.no_grad():
         assert torch.allclose(traced(x), net(x), atol=1e-4)
+
+
+def test_pretraining_defaults_are_the_papers():
+    parser = ConfigParser()
+    parser.read_config(configs("pretrain.json"))
+    expected = {"feature_size": 48, "roi_size": [96, 96, 96], "num_samples": 2, "batch_size": 2, "a_min": -1000,
+                "a_max": 1000, "pixdim": [1.5, 1.5, 2.0], "learning_rate": 4e-4, "weight_decay": 0.1,
+                "warmup_iterations": 500, "max_iterations": 100000, "temperature": 0.5, "proj_dim": 512,
+                "rotation_weight": 1.0, "contrastive_weight": 1.0, "reconstruction_weight": 1.0,
+                "mask_fraction": 0.3, "mask_min_side": 0.05, "mask_max_side": 0.25, "token_choice": "paper"}
+    assert {k: parser.get(k) for k in expected} == expected
+    assert parser.get("train#trainer#_target_") == "SupervisedTrainer"
+    assert parser.get("lr_scheduler#_target_") == "monai.optimizers.WarmupCosineSchedule"
+
+
+def test_pretrain_workflow_properties_and_no_anomaly_detection(phantoms):
+    import torch
+
+    wf = ConfigWorkflow(config_file=configs("pretrain.json", "small_pretrain.json"), workflow_type="train",
+                        bundle_root=str(ROOT), dataset_dir=str(phantoms), num_workers=0)
+    wf.initialize()
+    assert wf.check_properties() == []
+    assert not torch.is_anomaly_enabled()
+    net = wf.parser.get_parsed_content("network")
+    assert net.swinViT.embed_dim == 12

@@ -1,0 +1,106 @@
+"""Watching pre-training: a CSV of the loss terms and PNG snapshots of the inpainting task.
+
+Both read the output of ``scripts.ssl_steps.SSLTrainStep`` and write on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+logger = logging.getLogger(__name__)
+
+
+def _is_rank0() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class LossHistory:
+    """Append ``iteration, <each loss term>, lr`` to a CSV every ``interval`` iterations.
+
+    Rows are flushed as written, so a crash loses nothing already logged; after a resume the
+    iterations since the last checkpoint appear twice, the later rows being the ones that count.
+    """
+
+    def __init__(self, filename: str, interval: int = 1):
+        self.filename, self.interval = filename, interval
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not _is_rank0():
+            return
+        terms = engine.state.output["terms"]
+        new = not os.path.exists(self.filename)
+        os.makedirs(os.path.dirname(os.path.abspath(self.filename)), exist_ok=True)
+        with open(self.filename, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["iteration", *terms])
+            writer.writerow([engine.state.iteration, *(f"{v:.6g}" for v in terms.values())])
+
+
+class ReconstructionSnapshots:
+    """Every ``interval`` iterations, a PNG (and a TensorBoard image) of the middle slice of the first
+    crop of the batch: the rotated crop, its masked view (the network input) and the reconstruction.
+
+    Files go to ``<out_dir>/iteration_XXXXXXX.png``; TensorBoard images go to ``log_dir`` when given.
+    """
+
+    def __init__(self, out_dir: str, interval: int = 1000, log_dir: str | None = None):
+        self.out_dir, self.interval, self.log_dir = out_dir, interval, log_dir
+        self._writer = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+
+    @staticmethod
+    def panels(output: dict) -> list:
+        """Middle axial slices (H, W) of target, masked input and reconstruction, in [0, 1]."""
+        images = [output[k][0, 0].float().clamp(0, 1).cpu() for k in ("image", "masked", "pred")]
+        depth = images[0].shape[-1] // 2
+        return [img[..., depth].T.flip(0).numpy() for img in images]  # RAS (x, y) -> rows y up, columns x
+
+    def __call__(self, engine: Engine) -> None:
+        if not _is_rank0():
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        it = engine.state.iteration
+        panels = self.panels(engine.state.output)
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+        for ax, img, title in zip(axes, panels, ("crop (rotated)", "masked input", "reconstruction")):
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=10)
+            ax.axis("off")
+        terms = engine.state.output["terms"]
+        fig.suptitle(f"iteration {it}: L1 {terms['reconstruction']:.3f}, total loss {terms['total']:.3f}", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 0.9))
+        os.makedirs(self.out_dir, exist_ok=True)
+        path = os.path.join(self.out_dir, f"iteration_{it:07d}.png")
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        if self.log_dir:
+            writer = self._summary_writer()
+            if writer is not None:
+                writer.add_image("reconstruction", torch.from_numpy(np.concatenate(panels, 1))[None], it)
+                writer.flush()
+
+    def _summary_writer(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard missing: PNGs only (scripts.tensorboard says so once)
+                return None
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        return self._writer

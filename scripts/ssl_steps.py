@@ -1,0 +1,117 @@
+"""One pre-training / validation iteration, used as ``iteration_update`` of MONAI's SupervisedTrainer
+and SupervisedEvaluator (which keep providing the engine, handlers, AMP scaler and state)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from ignite.metrics import Average
+
+from scripts.proxy_tasks import mask, rotate
+
+
+def make_views(x: torch.Tensor, max_fraction: float = 0.3, min_side: float = 0.05, max_side: float = 0.25):
+    """Two views of each crop of ``x`` (B, C, H, W, D), each rotated and masked independently.
+
+    Returns ``(inputs, rotation targets, reconstruction targets)``: (2B, C, H, W, D), (2B,) and the
+    rotated crops without masking (2B, C, H, W, D); view 1 of all crops first, then view 2.
+    """
+    x1, k1 = rotate(x)
+    x2, k2 = rotate(x)
+    m1, _ = mask(x1, max_fraction, min_side, max_side)
+    m2, _ = mask(x2, max_fraction, min_side, max_side)
+    return torch.cat([m1, m2]), torch.cat([k1, k2]).to(x.device), torch.cat([x1, x2])
+
+
+class SSLTrainStep:
+    """Pre-training iteration: views, forward, loss terms, backward with optional AMP and clipping.
+
+    Args:
+        max_grad_norm: clip the global gradient norm to this value (None or 0: no clipping). Under
+            AMP the gradients are unscaled first, so the threshold means the same with and without.
+        max_fraction, min_side, max_side: masking settings (see ``scripts.proxy_tasks.mask``).
+        image_key: batch key of the crops.
+
+    The engine output holds ``loss`` (total, detached), ``terms`` (each loss term and the learning
+    rate as floats, for logging), and the first view of the first crop as ``image`` (unmasked
+    target), ``masked`` (network input) and ``pred`` (reconstruction), each (1, C, H, W, D).
+    """
+
+    def __init__(self, max_grad_norm: float | None = 1.0, max_fraction: float = 0.3, min_side: float = 0.05,
+                 max_side: float = 0.25, image_key: str = "image"):
+        self.max_grad_norm = max_grad_norm
+        self.mask_args = (max_fraction, min_side, max_side)
+        self.image_key = image_key
+
+    def __call__(self, engine, batch: dict) -> dict:
+        x = batch[self.image_key].to(engine.state.device, non_blocking=True)
+        inputs, rot_target, recon_target = make_views(x, *self.mask_args)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, enabled=bool(engine.amp)):
+            rot_logits, projection, reconstruction = engine.network(inputs)
+            p1, p2 = projection.float().chunk(2)
+            terms = engine.loss_function(rot_logits.float(), rot_target, p1, p2, reconstruction.float(), recon_target)
+        loss = terms["total"]
+        scaler = engine.scaler if engine.amp else None
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.unscale_(engine.optimizer)
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_grad_norm)
+        if scaler is not None:
+            scaler.step(engine.optimizer)
+            scaler.update()
+        else:
+            engine.optimizer.step()
+        log = {name: float(value.detach()) for name, value in terms.items()}
+        log["lr"] = engine.optimizer.param_groups[0]["lr"]
+        return {"loss": loss.detach(), "terms": log, "image": recon_target[:1].detach(),
+                "masked": inputs[:1].detach(), "pred": reconstruction[:1].detach().float()}
+
+
+class SSLEvalStep:
+    """Validation iteration with deterministic views: per-crop proxy-task scores.
+
+    Views are drawn from a generator seeded with ``seed`` and the iteration number, inside a forked
+    random state, so validation neither varies between runs nor disturbs the training's random
+    sequence. Output (per view, 2B values each): ``reconstruction_l1``, ``rotation_accuracy`` (0/1)
+    and ``contrastive_top1`` (0/1: the nearest projection of the other view, by cosine similarity
+    among the batch, is the same crop's).
+    """
+
+    def __init__(self, seed: int = 0, max_fraction: float = 0.3, min_side: float = 0.05, max_side: float = 0.25,
+                 image_key: str = "image"):
+        self.seed = seed
+        self.mask_args = (max_fraction, min_side, max_side)
+        self.image_key = image_key
+
+    def __call__(self, engine, batch: dict) -> dict:
+        x = batch[self.image_key].to(engine.state.device, non_blocking=True)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(self.seed + engine.state.iteration)
+            inputs, rot_target, recon_target = make_views(x, *self.mask_args)
+            engine.network.eval()
+            with torch.autocast(x.device.type, enabled=bool(engine.amp)):
+                rot_logits, projection, reconstruction = engine.network(inputs)
+        p1, p2 = F.normalize(projection.float(), dim=1).chunk(2)
+        similarity = p1 @ p2.T  # (B, B): row i = view-1 crop i against all view-2 crops
+        same = torch.arange(x.shape[0], device=x.device)
+        top1 = torch.cat([similarity.argmax(1) == same, similarity.argmax(0) == same]).float()
+        l1 = (reconstruction.float() - recon_target).abs().flatten(1).mean(1)
+        return {"reconstruction_l1": l1, "rotation_accuracy": (rot_logits.argmax(1) == rot_target).float(),
+                "contrastive_top1": top1}
+
+
+class CropAverage(Average):
+    """Mean of a per-crop validation score over all crops seen (batches of any size), as a float.
+
+    ``key`` names the score in the ``SSLEvalStep`` output; under DDP the sums are reduced over ranks.
+    """
+
+    def __init__(self, key: str, device: str | torch.device = "cpu"):
+        super().__init__(output_transform=lambda output: output[key][:, None], device=device)
+
+    def compute(self) -> float:
+        return float(super().compute()[0])

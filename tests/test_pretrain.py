@@ -1,0 +1,79 @@
+"""Pre-training bundle (configs/pretrain.json): it learns, logs, resumes exactly, and hands its encoder
+to fine-tuning."""
+
+import csv
+
+import pytest
+import torch
+from monai.networks.nets import SwinUNETR
+
+from conftest import REAL_CT, ROOT, bundle_run, configs
+
+# A short run must lower these losses (mean of the first vs the last LOSS_WINDOW logged iterations).
+LOSS_WINDOW = 5
+TOTAL_MARGIN = 0.3
+RECONSTRUCTION_MARGIN = 0.05
+CHANCE_ROTATION = 0.25
+
+
+def read_losses(path) -> list[dict]:
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_short_pretraining_learns_the_proxy_tasks(pretrained):
+    rows = read_losses(pretrained["dir"] / "runs" / "losses.csv")
+    assert [int(r["iteration"]) for r in rows] == list(range(1, pretrained["iterations"] + 1))
+    first, last = rows[:LOSS_WINDOW], rows[-LOSS_WINDOW:]
+    mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)
+    assert mean(first, "total") - mean(last, "total") > TOTAL_MARGIN
+    assert mean(first, "reconstruction") - mean(last, "reconstruction") > RECONSTRUCTION_MARGIN
+    assert pretrained["metrics"]["val_rotation_accuracy"] > CHANCE_ROTATION
+    assert {"rotation", "contrastive", "reconstruction", "total", "lr"} <= set(rows[0])
+
+
+def test_pretraining_writes_snapshots_and_tensorboard_logs(pretrained):
+    images = sorted((pretrained["dir"] / "runs" / "images").glob("iteration_*.png"))
+    assert [p.name for p in images][-1] == f"iteration_{pretrained['iterations']:07d}.png"
+    assert list((pretrained["dir"] / "runs").glob("events.out.tfevents.*"))
+
+
+def test_the_encoder_file_has_exactly_the_fine_tuning_encoder_keys(pretrained):
+    state = torch.load(pretrained["dir"] / "models" / "ssl_encoder.pt", map_location="cpu", weights_only=True)
+    reference = SwinUNETR(in_channels=1, out_channels=14, feature_size=12).state_dict()
+    assert set(state) == {k for k in reference if k.startswith("swinViT.")}
+    assert all(state[k].shape == reference[k].shape for k in state)
+
+
+def test_fine_tuning_from_the_pretrained_encoder_loads_every_encoder_tensor(pretrained, phantoms, tmp_path):
+    encoder = pretrained["dir"] / "models" / "ssl_encoder.pt"
+    count = len(torch.load(encoder, map_location="cpu", weights_only=True))
+    proc = bundle_run(["train.json", "small.json"], {
+        "dataset_dir": phantoms, "output_dir": tmp_path / "runs", "ckpt_dir": tmp_path / "models",
+        "pretrained_encoder": encoder, "max_epochs": 1, "val_interval": 1, "num_workers": 0})
+    assert f"loaded {count} of {count} encoder tensors from {encoder}" in proc.stdout + proc.stderr
+
+
+def final_weights(run_dir):
+    state = torch.load(run_dir / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    return state["model"], state["trainer"]["iteration"]
+
+
+def test_resumed_pretraining_ends_with_the_same_weights_as_an_uninterrupted_run(phantoms, tmp_path):
+    k = 2
+    common = {"dataset_dir": phantoms, "max_iterations": 2 * k, "ckpt_interval": k, "val_interval": k,
+              "image_interval": k, "batch_size": 1, "num_samples": 1, "ckpt_dir": tmp_path / "models"}
+    bundle_run(["pretrain.json", "small_pretrain.json"], {**common, "output_dir": tmp_path / "straight"})
+    # stop after k iterations (one epoch of k), then resume with the unchanged run length
+    bundle_run(["pretrain.json", "small_pretrain.json"],
+               {**common, "output_dir": tmp_path / "resumed", "train#trainer#max_epochs": 1})
+    bundle_run(["pretrain.json", "small_pretrain.json"], {**common, "output_dir": tmp_path / "resumed", "resume": True})
+    straight, straight_iterations = final_weights(tmp_path / "straight")
+    resumed, resumed_iterations = final_weights(tmp_path / "resumed")
+    assert straight_iterations == resumed_iterations == 2 * k
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    # and the first half was not simply skipped: the weights moved in the second half
+    halfway = torch.load(sorted((tmp_path / "resumed" / "checkpoints").glob("checkpoint_epoch=1.pt"))[0],
+                         map_location="cpu", weights_only=True)["model"]
+    assert any(not torch.equal(halfway[key], value) for key, value in straight.items())

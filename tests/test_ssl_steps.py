@@ -1,0 +1,124 @@
+"""Pre-training iterations and inputs: views, clipping (also under AMP), deterministic validation,
+merged image lists."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from monai.utils import set_determinism
+from torch import nn
+
+from scripts.inputs import InputError
+from scripts.ssl_data import image_list
+from scripts.ssl_loss import SSLLoss
+from scripts.ssl_steps import CropAverage, SSLEvalStep, SSLTrainStep, make_views
+
+
+@pytest.fixture(autouse=True)
+def determinism():
+    set_determinism(seed=0)
+    yield
+    set_determinism(seed=None)
+
+
+class TinySSL(nn.Module):
+    """Stand-in with the SSL head's interface, fast enough for step tests."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 4, 3, padding=1)
+        self.rotation = nn.Linear(4, 4)
+        self.projection = nn.Linear(4, 8)
+        self.out = nn.Conv3d(4, 1, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        pooled = h.mean((2, 3, 4))
+        return self.rotation(pooled), self.projection(pooled), self.out(h)
+
+
+def engine(network, scaler=None, lr=1.0):
+    return SimpleNamespace(network=network, optimizer=torch.optim.SGD(network.parameters(), lr=lr),
+                           loss_function=SSLLoss(), scaler=scaler, amp=scaler is not None,
+                           state=SimpleNamespace(device=torch.device("cpu"), iteration=3))
+
+
+def test_views_are_rotated_crops_masked_independently():
+    x = torch.rand(3, 1, 16, 16, 16)
+    inputs, k, target = make_views(x)
+    assert inputs.shape == target.shape == (6, 1, 16, 16, 16) and k.shape == (6,)
+    for i in range(6):  # the target is the unmasked crop, rotated by the view's own k
+        assert torch.equal(target[i], x[i % 3].rot90(int(k[i]), dims=(2, 3)))
+    assert not torch.equal(inputs, target)  # masked somewhere
+    assert not torch.equal(inputs[:3], inputs[3:])  # the two views differ
+
+
+@pytest.mark.parametrize("use_scaler", [False, True])
+def test_gradient_clipping_bounds_each_update_also_under_a_grad_scaler(use_scaler):
+    net = TinySSL()
+    before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12) if use_scaler else None
+    step = SSLTrainStep(max_grad_norm=1e-3)
+    e = engine(net, scaler)
+    out = step(e, {"image": torch.rand(2, 1, 16, 16, 16)})
+    after = torch.cat([p.detach().flatten() for p in net.parameters()])
+    # SGD with lr 1: the update is the clipped gradient, whatever the loss scale was
+    assert 0 < (after - before).norm() <= 1e-3 * 1.001
+    assert set(out["terms"]) == {"rotation", "contrastive", "reconstruction", "total", "lr"}
+    assert out["image"].shape == out["masked"].shape == out["pred"].shape == (1, 1, 16, 16, 16)
+
+
+def test_without_clipping_the_update_is_the_full_gradient():
+    net = TinySSL()
+    before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+    SSLTrainStep(max_grad_norm=None)(engine(net), {"image": torch.rand(2, 1, 16, 16, 16)})
+    after = torch.cat([p.detach().flatten() for p in net.parameters()])
+    assert (after - before).norm() > 1e-2
+
+
+def test_validation_views_are_deterministic_and_leave_the_global_random_state_alone():
+    net, batch = TinySSL(), {"image": torch.rand(4, 1, 16, 16, 16)}
+    step = SSLEvalStep(seed=5)
+    state = torch.random.get_rng_state()
+    first, second = step(engine(net), batch), step(engine(net), batch)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for key in ("reconstruction_l1", "rotation_accuracy", "contrastive_top1"):
+        assert first[key].shape == (8,)
+        assert torch.equal(first[key], second[key])
+
+
+def test_crop_average_weights_every_crop_equally():
+    from ignite.engine import Engine
+
+    batches = [torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.0])]
+    evaluator = Engine(lambda engine, batch: {"score": batch})
+    CropAverage("score").attach(evaluator, "mean_score")
+    assert evaluator.run(batches).metrics["mean_score"] == pytest.approx(0.75)
+
+
+def write_nifti(path):
+    import nibabel as nib
+    import numpy as np
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), path)
+
+
+def test_image_list_merges_datalists_and_globs_once_each(tmp_path):
+    for name in ("a", "b", "c"):
+        write_nifti(tmp_path / f"{name}.nii.gz")
+    (tmp_path / "list.json").write_text(json.dumps({
+        "training": [{"image": "a.nii.gz", "label": "ignored.nii.gz"}, {"image": "b.nii.gz"}],
+        "validation": [{"image": "c.nii.gz"}]}))
+    items = image_list([str(tmp_path / "list.json"), str(tmp_path / "*.nii.gz")], "training")
+    assert [i["image"] for i in items] == [str(tmp_path / f"{n}.nii.gz") for n in "abc"]
+    assert all(set(i) == {"image"} for i in items)  # labels are not used
+    assert image_list({"datalist": str(tmp_path / "list.json"), "key": "validation"}) == [{"image": str(tmp_path / "c.nii.gz")}]
+
+
+def test_image_list_names_the_source_with_a_missing_file_or_no_images(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps({"training": [{"image": "gone.nii.gz"}]}))
+    with pytest.raises(InputError, match="list.json.*not found.*gone.nii.gz"):
+        image_list(str(tmp_path / "list.json"))
+    with pytest.raises(InputError, match="no images found"):
+        image_list(str(tmp_path / "nothing" / "*.nii.gz"))
