@@ -54,3 +54,4 @@ class SSLHead(nn.Module):
             rotation_token = contrastive_token = tokens.mean(1)
         return (self.rotation_head(rotation_token), self.contrastive_head(contrastive_token),
                 self.reconstruction_head(features))
+

@@ -87,7 +87,7 @@ def requires_real_ct():
     return pytest.mark.skipif(not REAL_CT.is_dir(), reason=f"real CT data not found at {REAL_CT} (only in the project's CI)")
 
 
-PRETRAIN_ITERATIONS = 30
+PRETRAIN_ITERATIONS = 24
 
 
 @pytest.fixture(scope="session")
