@@ -18,20 +18,22 @@ class SSLHead(nn.Module):
         token_choice: ``"paper"`` feeds bottleneck token 0 to the rotation head and token 1 to the
             contrastive head, as the reference; ``"pool"`` feeds both the mean over all tokens.
         use_checkpoint: gradient checkpointing in the encoder.
+        downsample: patch merging of the encoder, as in ``SwinUNETR`` (``scripts.weights.patch_merging``
+            picks the legacy order for weights trained with it).
 
     Input ``(B, in_channels, H, W, D)`` with sides divisible by 32 and at least 64. Returns
     ``(rotation logits (B, 4), projection (B, proj_dim), reconstruction (B, in_channels, H, W, D))``.
     """
 
     def __init__(self, in_channels: int = 1, feature_size: int = 48, proj_dim: int = 512,
-                 token_choice: str = "paper", use_checkpoint: bool = False):
+                 token_choice: str = "paper", use_checkpoint: bool = False, downsample="merging"):
         super().__init__()
         if token_choice not in ("paper", "pool"):
             raise ValueError(f"token_choice must be 'paper' or 'pool', got {token_choice!r}")
         self.token_choice = token_choice
         # taking the encoder from SwinUNETR guarantees identical parameter names and defaults
         self.swinViT = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size,
-                                 use_checkpoint=use_checkpoint).swinViT
+                                 use_checkpoint=use_checkpoint, downsample=downsample).swinViT
         dim = 16 * feature_size
         self.rotation_head = nn.Linear(dim, 4)
         self.contrastive_head = nn.Linear(dim, proj_dim)

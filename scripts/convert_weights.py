@@ -1,0 +1,54 @@
+"""Convert Swin encoder weights between this bundle's layout and the research ``model_swinvit.pt`` layout.
+
+    python -m scripts.convert_weights to_research models/ssl_encoder.pt models/model_swinvit_ours.pt
+    python -m scripts.convert_weights to_bundle models/model_swinvit.pt models/ssl_encoder_from_paper.pt
+
+``to_research`` writes ``{"state_dict": {"module.<encoder key>": ...}}`` with MLPs named ``fc1`` /
+``fc2``, which ``SwinUNETR.load_from`` and the research scripts read. ``to_bundle`` writes a flat
+``swinViT.*`` state_dict (what ``--pretrained_encoder`` takes). Converting to research and back is
+exact; the research file's final ``norm`` has no counterpart here and is dropped by ``to_bundle``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import fire
+import torch
+
+from scripts.weights import ENCODER_PREFIX, detect_format, read_checkpoint, to_swinunetr_names, unwrap
+
+
+def _encoder(src: str) -> dict:
+    tensors = unwrap(read_checkpoint(src))
+    named = to_swinunetr_names(tensors, detect_format(tensors))
+    encoder = {k: v for k, v in named.items() if k.startswith(ENCODER_PREFIX)}
+    if not encoder:
+        raise ValueError(f"{src}: no Swin encoder tensors found")
+    return encoder
+
+
+def _save(state: dict, dst: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    tmp = dst + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, dst)  # never a half-written file at dst
+    print(f"wrote {dst} ({len(state.get('state_dict', state))} tensors)")
+
+
+def to_research(src: str, dst: str) -> None:
+    """Encoder of any supported file -> research ``model_swinvit.pt`` layout."""
+    research = {}
+    for key, value in _encoder(src).items():
+        key = key[len(ENCODER_PREFIX):].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
+        research["module." + key] = value
+    _save({"state_dict": research}, dst)
+
+
+def to_bundle(src: str, dst: str) -> None:
+    """Encoder of any supported file -> flat ``swinViT.*`` state_dict."""
+    _save(_encoder(src), dst)
+
+
+if __name__ == "__main__":
+    fire.Fire({"to_research": to_research, "to_bundle": to_bundle})
