@@ -8,6 +8,7 @@ training step or output file, instead of deep inside a data-loader worker.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import sys
 
@@ -18,7 +19,11 @@ from monai.data import load_decathlon_datalist
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-class InputError(ValueError):
+class ReportedError(Exception):
+    """An error whose message says everything on one line; workflows print it without a traceback."""
+
+
+class InputError(ReportedError, ValueError):
     """A problem with an input file; its message names the file and the problem on one line."""
 
 
@@ -46,12 +51,34 @@ def _read(path: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
             f"{what} {path}: {len(shape)}-D image of shape {shape} (several volumes or channels), "
             f"expected a single 3-D volume"
         )
+    if np.issubdtype(data.dtype, np.floating):
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise InputError(f"{what} {path}: {bad} non-finite voxels (NaN or infinite)")
     return img, data
 
 
-def check_case(item: dict, keys=("image",), num_classes: int | None = None) -> None:
-    """Check one datalist entry: readable 3-D volumes; label values in range and on the image grid."""
+def ct_warning(path: str, data: np.ndarray) -> str | None:
+    """A warning when intensities do not look like CT in Hounsfield units (air near -1000, bone above 300)."""
+    low, high = np.percentile(data, [0.5, 99.5])
+    if low > -500 or high < 100:
+        return (f"image {path}: intensities {low:.4g}..{high:.4g} (0.5-99.5th percentile) do not look like CT in "
+                f"HU (air about -1000, bone above 300): an MRI or an already-normalised image?")
+    return None
+
+
+def check_case(item: dict, keys=("image",), num_classes: int | None = None, warnings: list | None = None) -> None:
+    """Check one datalist entry: readable 3-D volumes; label values in range and on the image grid.
+
+    Warnings (intensities that do not look like CT) are appended to ``warnings`` or logged.
+    """
     loaded = {key: _read(item[key], key) for key in keys if key in item}
+    if "image" in loaded:
+        warning = ct_warning(item["image"], loaded["image"][1])
+        if warning and warnings is not None:
+            warnings.append(warning)
+        elif warning:
+            logging.getLogger(__name__).warning(warning)
     missing = [key for key in keys if key not in item]
     if missing:
         raise InputError(f"datalist entry {item}: no {', '.join(missing)} given")
@@ -104,13 +131,13 @@ def inference_list(dataset_dir: str, datalist: str = "", key: str = "test") -> l
 
 
 def install_error_hook() -> None:
-    """Make an uncaught InputError print its one-line message (no traceback) and exit with status 1."""
+    """Make an uncaught ReportedError (e.g. InputError) print its one-line message and exit with status 1."""
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
         # MONAI's config parser wraps errors raised in expressions into RuntimeErrors: look down the chain
         cause = exc
-        while cause is not None and not isinstance(cause, InputError):
+        while cause is not None and not isinstance(cause, ReportedError):
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
             print(f"ERROR: {cause}", file=sys.stderr)

@@ -1,0 +1,70 @@
+"""Data check CLI: finds every planted problem of a mixed datalist in one pass, and nothing in a clean one."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+
+from conftest import ROOT
+
+
+def save(path, array):
+    nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+
+
+def run_check(*args):
+    return subprocess.run([sys.executable, "-m", "scripts.check_data", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def ct(shape=(24, 24, 12)):
+    vol = np.full(shape, -1000, np.int16)
+    vol[4:-4, 4:-4, 2:-2] = 40
+    vol[10:14, 10:14, :] = 700  # bone
+    return vol
+
+
+def test_every_planted_problem_is_reported_with_counts(tmp_path):
+    save(tmp_path / "good.nii.gz", ct())
+    save(tmp_path / "good_label.nii.gz", np.zeros((24, 24, 12), np.uint8))
+    planted = {  # image of the entry: (file the message names, problem)
+        "missing.nii.gz": ("missing.nii.gz", "file not found"),
+        "flat.nii.gz": ("flat.nii.gz", "2-D image"),
+        "nan.nii.gz": ("nan.nii.gz", "non-finite voxels"),
+        "corrupt.nii.gz": ("corrupt.nii.gz", "unreadable or corrupt"),
+        "shape.nii.gz": ("shape_label.nii.gz", "differs from image"),
+        "values.nii.gz": ("values_label.nii.gz", "outside the task's classes"),
+    }
+    save(tmp_path / "flat.nii.gz", ct()[:, :, 0])
+    nan = ct().astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    save(tmp_path / "nan.nii.gz", nan)
+    save(tmp_path / "corrupt.nii.gz", ct())
+    raw = (tmp_path / "corrupt.nii.gz").read_bytes()
+    (tmp_path / "corrupt.nii.gz").write_bytes(raw[: len(raw) // 2])
+    save(tmp_path / "shape.nii.gz", ct())
+    save(tmp_path / "shape_label.nii.gz", np.zeros((24, 24, 10), np.uint8))
+    save(tmp_path / "values.nii.gz", ct())
+    save(tmp_path / "values_label.nii.gz", np.full((24, 24, 12), 20, np.uint8))
+    save(tmp_path / "normalised.nii.gz", (ct() + 1000) / 1700.0)
+    labelled = {"shape.nii.gz": "shape_label.nii.gz", "values.nii.gz": "values_label.nii.gz", "good.nii.gz": "good_label.nii.gz"}
+    entries = [{"image": name, **({"label": labelled[name]} if name in labelled else {})}
+               for name in ["good.nii.gz", *planted, "normalised.nii.gz"]]
+    (tmp_path / "list.json").write_text(json.dumps({"training": entries[:5], "validation": entries[5:]}))
+    proc = run_check("--datalist", str(tmp_path / "list.json"), "--num_classes", "14")
+    assert proc.returncode == 1
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == len(planted)
+    for named, problem in planted.values():
+        assert any(f"/{named}" in line and problem in line for line in errors), (named, proc.stdout)
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "normalised.nii.gz" in warnings[0] and "do not look like CT" in warnings[0]
+    assert f"checked {len(entries)} cases: {len(planted)} with errors, 1 warnings" in proc.stdout
+
+
+def test_a_clean_dataset_reports_nothing(phantoms):
+    proc = run_check("--datalist", str(phantoms / "dataset.json"), "--num_classes", "14")
+    assert proc.returncode == 0, proc.stdout
+    assert "ERROR" not in proc.stdout and "WARNING" not in proc.stdout
+    assert "checked 6 cases: 0 with errors, 0 warnings" in proc.stdout
