@@ -32,7 +32,10 @@ class StopOnNonFiniteLoss:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        loss = float(engine.state.output[self.loss_key])
+        output = engine.state.output
+        if isinstance(output, (list, tuple)):  # MONAI trainers decollate: every item carries the batch loss
+            output = output[0]
+        loss = float(output[self.loss_key])
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite loss ({loss}) at iteration {engine.state.iteration} (epoch {engine.state.epoch}): "

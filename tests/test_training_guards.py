@@ -12,9 +12,11 @@ from conftest import bundle_run
 from scripts.training_guards import AtomicCheckpointSaver, NonFiniteLossError, StopOnNonFiniteLoss
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_iteration():
+@pytest.mark.parametrize("decollated", [False, True])
+def test_a_non_finite_loss_stops_the_run_naming_the_iteration(decollated):
     losses = [1.0, 0.5, float("nan"), 0.2]
-    trainer = Engine(lambda engine, batch: {"loss": torch.tensor(losses[engine.state.iteration - 1])})
+    output = lambda it: {"loss": torch.tensor(losses[it - 1])}
+    trainer = Engine(lambda engine, batch: [output(engine.state.iteration)] * 2 if decollated else output(engine.state.iteration))
     StopOnNonFiniteLoss().attach(trainer)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at iteration 3"):
         trainer.run(range(4), max_epochs=1)
