@@ -74,6 +74,6 @@ def test_resumed_pretraining_ends_with_the_same_weights_as_an_uninterrupted_run(
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
     # and the first half was not simply skipped: the weights moved in the second half
-    halfway = torch.load(sorted((tmp_path / "resumed" / "checkpoints").glob("checkpoint_epoch=1.pt"))[0],
-                         map_location="cpu", weights_only=True)["model"]
+    halfway_file = tmp_path / "resumed" / "checkpoints" / "checkpoint_epoch=1.pt"
+    halfway = torch.load(halfway_file, map_location="cpu", weights_only=True)["model"]
     assert any(not torch.equal(halfway[key], value) for key, value in straight.items())
