@@ -67,3 +67,61 @@ def test_pretraining_on_a_corrupt_batch_stops_with_an_error_and_keeps_finite_che
         assert torch.load(path, map_location="cpu", weights_only=True)["trainer"]["iteration"] == 2
     assert math.isfinite(float(torch.load(tmp_path / "models" / "ssl_encoder.pt", weights_only=True)[
         "swinViT.patch_embed.proj.weight"].sum()))
+
+
+# Runs pre-training in a child process; when KILL_IN_WRITE is set, the child stops for good in the middle
+# of writing its first checkpoint into the checkpoint folder, so the parent can SIGKILL it there.
+CHILD = """
+import os, sys, time, torch
+marker, config_files, overrides = sys.argv[1], eval(sys.argv[2]), eval(sys.argv[3])
+real_save = torch.save
+def save(obj, f, *args, **kwargs):
+    name = getattr(f, "name", str(f))
+    if os.environ.get("KILL_IN_WRITE") and os.path.dirname(str(name)) == overrides["output_dir"] + "/checkpoints":
+        f.write(b"half a checkpoint"); f.flush(); open(marker, "w").close(); time.sleep(600)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+from monai.bundle.scripts import run
+run(config_file=config_files, **overrides)
+"""
+
+
+def run_and_kill(tmp_path, overrides, until, kill_in_write=False):
+    """Start pre-training and SIGKILL it as soon as ``until()`` holds; returns the exit code."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, configs
+
+    marker = tmp_path / "in_write"
+    marker.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **({"KILL_IN_WRITE": "1"} if kill_in_write else {})}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(marker), repr(configs("pretrain.json", "small_pretrain.json")),
+                              repr(overrides)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not until(marker) and child.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+    return child.wait()
+
+
+def test_pretraining_killed_at_any_moment_resumes_to_the_right_iteration(phantoms, tmp_path):
+    runs = tmp_path / "runs"
+    overrides = {"dataset_dir": str(phantoms), "output_dir": str(runs), "ckpt_dir": str(tmp_path / "models"),
+                 "max_iterations": 6, "ckpt_interval": 2, "val_interval": 2, "image_interval": 2, "num_samples": 1}
+    checkpoints = runs / "checkpoints"
+    # 1: killed in the middle of its first checkpoint write: no checkpoint file at all, only a temporary one
+    assert run_and_kill(tmp_path, overrides, lambda marker: marker.exists(), kill_in_write=True) == -9
+    assert not list(checkpoints.glob("checkpoint*.pt")) and list(checkpoints.glob("tmp*"))
+    # 2: killed between checkpoints, after the first complete one
+    assert run_and_kill(tmp_path, overrides, lambda marker: (checkpoints / "checkpoint_epoch=1.pt").exists()) == -9
+    # 3: resumed, it finishes with the right count and loadable, finite weights
+    bundle_run(["pretrain.json", "small_pretrain.json"], {**overrides, "resume": True})
+    final = torch.load(checkpoints / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    assert final["trainer"]["iteration"] == 6
+    assert all(torch.isfinite(v).all() for v in final["model"].values())
+    assert set(torch.load(tmp_path / "models" / "ssl_encoder.pt", weights_only=True)) == {
+        k for k in final["model"] if k.startswith("swinViT.")}
