@@ -7,9 +7,9 @@ import logging
 
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from scripts.weights import ENCODER_PREFIX
 
-ENCODER_PREFIX = "swinViT."
+logger = logging.getLogger(__name__)
 
 
 def parameter_groups(network: nn.Module, learning_rate: float, encoder_lr_factor: float = 1.0) -> list[dict]:

@@ -99,14 +99,19 @@ def check_case(item: dict, keys=("image",), num_classes: int | None = None, warn
             )
 
 
-def checked_datalist(datalist: str, key: str, base_dir: str, keys=("image", "label"), num_classes=None) -> list:
-    """Read an MSD-style datalist (paths relative to ``base_dir``) and check every file in it."""
+def read_datalist(datalist: str, key: str, base_dir: str, is_segmentation: bool = True) -> list:
+    """The ``key`` list of an MSD-style datalist with paths joined to ``base_dir``; one-line errors."""
     if not os.path.isfile(datalist):
         raise InputError(f"datalist {datalist}: file not found")
     try:
-        items = load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=key, base_dir=base_dir)
-    except Exception as e:
+        return load_decathlon_datalist(datalist, is_segmentation=is_segmentation, data_list_key=key, base_dir=base_dir)
+    except Exception as e:  # missing key, malformed JSON and the like
         raise InputError(f"datalist {datalist}: cannot read list '{key}' ({e})") from None
+
+
+def checked_datalist(datalist: str, key: str, base_dir: str, keys=("image", "label"), num_classes=None) -> list:
+    """Read an MSD-style datalist (paths relative to ``base_dir``) and check every file in it."""
+    items = read_datalist(datalist, key, base_dir)
     if not items:
         raise InputError(f"datalist {datalist}: list '{key}' is empty")
     for item in items:

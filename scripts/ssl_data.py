@@ -10,9 +10,7 @@ import glob
 import logging
 import os
 
-from monai.data import load_decathlon_datalist
-
-from scripts.inputs import NIFTI_SUFFIXES, InputError
+from scripts.inputs import NIFTI_SUFFIXES, InputError, read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +28,7 @@ def _entries(source, default_key: str) -> tuple[str, list[str]]:
     if "datalist" in spec:
         path, key = spec["datalist"], spec.get("key", default_key)
         base_dir = spec.get("base_dir", os.path.dirname(os.path.abspath(path)))
-        if not os.path.isfile(path):
-            raise InputError(f"datalist {path}: file not found")
-        try:
-            items = load_decathlon_datalist(path, is_segmentation=False, data_list_key=key, base_dir=base_dir)
-        except ValueError as e:
-            raise InputError(f"datalist {path}: {e}") from None
-        except Exception as e:  # malformed JSON and the like
-            raise InputError(f"datalist {path}: unreadable ({type(e).__name__}: {e})") from None
+        items = read_datalist(path, key, base_dir, is_segmentation=False)
         images = [item["image"] if isinstance(item, dict) else item for item in items]
         return f"{path} [{key}]", images
     pattern = spec["glob"]
