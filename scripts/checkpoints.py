@@ -53,7 +53,8 @@ class ReseedEachEpoch:
     iterator, so the epoch's crops, augmentations and proxy-task draws depend only on the epoch.
 
     With checkpoints at epoch ends, a resumed run then continues exactly as an uninterrupted one
-    would (same data order, crops and masks), which is what makes resumed runs reproducible.
+    would (same data order, crops and masks), which is what makes resumed runs reproducible. Under
+    ``torch.distributed`` each rank gets its own seed, so ranks do not draw the same crops and masks.
     """
 
     def __init__(self, seed: int, dataset=None):
@@ -68,7 +69,9 @@ class ReseedEachEpoch:
         from monai.data.utils import set_rnd
         from monai.utils import set_determinism
 
-        seed = self.seed + engine.state.epoch
+        from scripts.distributed import rank
+
+        seed = self.seed + engine.state.epoch + 1_000_003 * rank()
         set_determinism(seed=seed)
         if self.dataset is not None:  # transforms run in this process when num_workers == 0
             set_rnd(self.dataset, seed)

@@ -11,11 +11,11 @@ exact; the research file's final ``norm`` has no counterpart here and is dropped
 
 from __future__ import annotations
 
-import os
 
 import fire
 import torch
 
+from scripts.atomic_files import atomic_path
 from scripts.weights import ENCODER_PREFIX, detect_format, read_checkpoint, to_swinunetr_names, unwrap
 
 
@@ -29,10 +29,8 @@ def _encoder(src: str) -> dict:
 
 
 def _save(state: dict, dst: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = dst + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, dst)  # never a half-written file at dst
+    with atomic_path(dst) as tmp:  # never a half-written file at dst
+        torch.save(state, tmp)
     print(f"wrote {dst} ({len(state.get('state_dict', state))} tensors)")
 
 

@@ -7,7 +7,6 @@ training step or output file, instead of deep inside a data-loader worker.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import sys
@@ -116,22 +115,6 @@ def checked_datalist(datalist: str, key: str, base_dir: str, keys=("image", "lab
         raise InputError(f"datalist {datalist}: list '{key}' is empty")
     for item in items:
         check_case(item, keys, num_classes)
-    return items
-
-
-def inference_list(dataset_dir: str, datalist: str = "", key: str = "test") -> list:
-    """Images to segment: the ``key`` entries of ``datalist`` when given, else every NIfTI in ``dataset_dir``."""
-    if datalist:
-        items = checked_datalist(datalist, key, dataset_dir, keys=("image",))
-        return [{"image": item["image"]} for item in items]
-    if not os.path.isdir(dataset_dir):
-        raise InputError(f"dataset_dir {dataset_dir}: folder not found")
-    paths = sorted(p for p in glob.glob(os.path.join(dataset_dir, "*")) if p.endswith(NIFTI_SUFFIXES))
-    if not paths:
-        raise InputError(f"dataset_dir {dataset_dir}: no NIfTI images (*.nii, *.nii.gz)")
-    items = [{"image": p} for p in paths]
-    for item in items:
-        check_case(item, ("image",))
     return items
 
 

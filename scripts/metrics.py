@@ -13,6 +13,8 @@ from monai.data.utils import affine_to_spacing
 from monai.metrics import HausdorffDistanceMetric
 from monai.utils import string_list_all_gather
 
+from scripts.atomic_files import atomic_path
+
 
 class HausdorffDistanceMM(HausdorffDistanceMetric):
     """Hausdorff distance in mm: voxel spacing is read from the label's affine (a MetaTensor).
@@ -69,7 +71,7 @@ class OrganMetricsWriter:
             if rank0:
                 os.makedirs(self.output_dir, exist_ok=True)
                 path = os.path.join(self.output_dir, f"{name}_per_case.csv")
-                with open(path, "w", newline="") as f:
+                with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
                     writer = csv.writer(f)
                     writer.writerow(["case", *self.class_names, "mean"])
                     for case, row in zip(files, values):

@@ -1,16 +1,23 @@
 """Image lists for pre-training: merge several MSD-style datalists and folder globs into one list.
 
 The paper pre-trains on five public collections, each with its own datalist and base folder; labels,
-where a datalist has them, are not used.
+where a datalist has them, are not used. Among thousands of public volumes a few are always broken:
+``usable_images`` skips those with a warning and stops the run only when too many are.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
-from scripts.inputs import NIFTI_SUFFIXES, InputError, read_datalist
+import torch
+
+from scripts.atomic_files import atomic_path
+from scripts.distributed import rank, world_size
+from scripts.inputs import NIFTI_SUFFIXES, InputError, check_case, read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -61,3 +68,71 @@ def image_list(sources, key: str = "training") -> list[dict]:
         out += [{"image": p} for p in new]
         logger.info(f"{name}: {len(new)} images")
     return out
+
+
+def _problems(item: dict) -> tuple[str | None, list[str]]:
+    """(error or None, warnings) of one volume, read in full."""
+    warnings = []
+    try:
+        check_case(item, ("image",), warnings=warnings)
+    except InputError as e:
+        return str(e), warnings
+    return None, warnings
+
+
+def _checked(items: list[dict], pool):
+    """(error, warnings) of every item, in order; under torch.distributed each rank reads its share."""
+    if world_size() == 1:
+        yield from pool.map(_problems, items)
+        return
+    share = dict(zip(range(rank(), len(items), world_size()), pool.map(_problems, items[rank()::world_size()])))
+    shares = [None] * world_size()
+    torch.distributed.all_gather_object(shares, share)
+    merged = {i: result for s in shares for i, result in s.items()}
+    yield from (merged[i] for i in range(len(items)))
+
+
+def usable_images(items: list[dict], max_skipped_fraction: float = 0.05, num_threads: int = 4,
+                  report: str | None = None) -> list[dict]:
+    """The entries of ``items`` whose volume reads as one finite 3-D image; the others are skipped.
+
+    Every volume is read in full (a truncated file only fails on decompression) by ``num_threads``
+    threads. Each skipped volume is logged with the running count; the run stops with an
+    ``InputError`` as soon as more than ``max_skipped_fraction`` of the list is skipped, since that
+    points at a wrong folder or a broken copy rather than a few bad files. With ``report``, the
+    skipped files and their problems are written there as CSV.
+    """
+    if not 0.0 <= max_skipped_fraction <= 1.0:
+        raise ValueError(f"max_skipped_fraction must be in [0, 1], got {max_skipped_fraction}")
+    total, skipped, kept = len(items), [], []
+    progress_every = max(1, total // 10)
+    speak = rank() == 0  # under torchrun every rank reaches the same verdicts; one of them reports
+    with ThreadPoolExecutor(max(1, int(num_threads))) as pool:
+        for i, (item, (error, warnings)) in enumerate(zip(items, _checked(items, pool)), 1):
+            for warning in warnings if speak else ():
+                logger.warning(warning)
+            if error is None:
+                kept.append(item)
+            else:
+                skipped.append((item["image"], error))
+                if speak:
+                    logger.warning(f"skipped {error} ({len(skipped)} skipped of {i} read, {total} listed)")
+                if len(skipped) > max_skipped_fraction * total:
+                    pool.shutdown(cancel_futures=True)
+                    raise InputError(
+                        f"{len(skipped)} of {total} pre-training volumes are unusable (more than "
+                        f"max_skipped_fraction={max_skipped_fraction:g} of the list), e.g. {error}. Check the data "
+                        f"(python -m scripts.check_data) or raise max_skipped_fraction"
+                    )
+            if speak and (i % progress_every == 0 or i == total):
+                logger.info(f"read {i} of {total} volumes, {len(skipped)} skipped")
+    speak = speak and bool(skipped)
+    if report and speak:
+        with atomic_path(report) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "problem"])
+            writer.writerows(skipped)
+    if speak:
+        logger.warning(f"pre-training on {len(kept)} of {total} volumes: {len(skipped)} skipped"
+                       + (f", listed in {report}" if report else ""))
+    return kept

@@ -24,6 +24,7 @@ import pickle
 import torch
 from monai.networks.nets.swin_unetr import filter_swinunetr
 
+from scripts.distributed import unwrap as unwrap_module
 from scripts.inputs import InputError
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ def load_pretrained(network: torch.nn.Module, path: str, fmt: str = "auto", part
     """
     if part not in ("encoder", "all"):
         raise ValueError(f"part must be 'encoder' or 'all', got {part!r}")
+    network = unwrap_module(network)
     tensors, fmt = read_tensors(path, fmt)
     source = to_swinunetr_names(tensors, fmt)
     target = {k: v for k, v in network.state_dict().items() if part == "all" or k.startswith(ENCODER_PREFIX)}

@@ -92,11 +92,17 @@ PRETRAIN_ITERATIONS = 24
 
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory, phantoms):
-    """A short pre-training run on the phantoms (and the unlabelled real CT when present)."""
+    """A short pre-training run on the phantoms (and the unlabelled real CT when present), with two broken
+    volumes among them, as in any large public collection."""
     from monai.bundle import ConfigWorkflow
 
     out = tmp_path_factory.mktemp("pretrain")
-    sources = [str(phantoms / "dataset.json")] + ([str(REAL_CT / "*_ct.nii.gz")] if REAL_CT.is_dir() else [])
+    broken = out / "broken"
+    broken.mkdir()
+    (broken / "empty.nii.gz").write_bytes(b"")
+    (broken / "truncated.nii.gz").write_bytes((phantoms / "imagesTr" / "phantom_000.nii.gz").read_bytes()[:5000])
+    sources = [str(phantoms / "dataset.json"), str(broken / "*.nii.gz")]
+    sources += [str(REAL_CT / "*_ct.nii.gz")] if REAL_CT.is_dir() else []
     wf = ConfigWorkflow(
         config_file=configs("pretrain.json", "small_pretrain.json"),
         workflow_type="train",
@@ -109,10 +115,12 @@ def pretrained(tmp_path_factory, phantoms):
         ckpt_interval=PRETRAIN_ITERATIONS // 2,
         val_interval=PRETRAIN_ITERATIONS,
         image_interval=PRETRAIN_ITERATIONS // 2,
+        max_skipped_fraction=0.4,
         **FAST,
     )
     wf.initialize()
     wf.run()
     metrics = dict(wf.parser.get_parsed_content("validate#evaluator").state.metrics)
     wf.finalize()
-    return {"dir": out, "metrics": metrics, "iterations": PRETRAIN_ITERATIONS}
+    return {"dir": out, "metrics": metrics, "iterations": PRETRAIN_ITERATIONS, "sources": sources,
+            "broken": sorted(str(p) for p in broken.iterdir())}

@@ -1,4 +1,6 @@
-"""Bad input to inference or evaluation: non-zero exit, one line naming the file and the problem, no output."""
+"""Bad input to inference or evaluation: non-zero exit, a message naming the file and the problem, no partial output.
+
+Evaluation fails on the first bad case; batch inference segments every good image first."""
 
 import json
 
@@ -47,22 +49,62 @@ def case_dir(tmp_path):
 
 def assert_clean_failure(proc, problem, path, out_dir):
     assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    assert problem in errors[0] and str(path) in errors[0]
+    error = error_message(proc)
+    assert any(problem in line and str(path) in line for line in error.splitlines()), error
     assert "Traceback" not in proc.stderr
     assert not any(out_dir.rglob("*.nii*")) and not any(out_dir.rglob("*.csv"))
 
 
-@pytest.mark.parametrize("kind", ["missing", "corrupt", "2d", "4d"])
-def test_inference_rejects_bad_image(kind, case_dir, random_model):
-    problem = make_case(case_dir, "bad.nii.gz", kind)
+def error_message(proc) -> str:
+    """The one ``ERROR:`` message on stderr, with its indented continuation lines."""
+    lines = proc.stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("ERROR:")]
+    assert len(starts) == 1, proc.stderr[-3000:]
+    block = [lines[starts[0]]]
+    for line in lines[starts[0] + 1:]:
+        if not line.startswith("  "):
+            break
+        block.append(line)
+    return "\n".join(block)
+
+
+def test_inference_names_every_bad_image_and_writes_nothing_when_none_is_good(case_dir, random_model):
+    kinds = ["missing", "corrupt", "2d", "4d"]
+    problems = {kind: make_case(case_dir, f"{kind}.nii.gz", kind) for kind in kinds}
     datalist = case_dir / "datalist.json"
-    datalist.write_text(json.dumps({"test": [{"image": "images/bad.nii.gz"}]}))
+    datalist.write_text(json.dumps({"test": [{"image": f"images/{kind}.nii.gz"} for kind in kinds]}))
     proc = bundle_run(["inference.json", "small.json"],
                       {"dataset_dir": case_dir, "datalist": datalist, "ckpt_dir": random_model,
                        "output_dir": case_dir / "out"}, check=False)
-    assert_clean_failure(proc, problem, case_dir / "images" / "bad.nii.gz", case_dir / "out")
+    error = error_message(proc)
+    assert error.startswith("ERROR: 4 of 4 images could not be segmented:")
+    for kind, problem in problems.items():
+        assert_clean_failure(proc, problem, case_dir / "images" / f"{kind}.nii.gz", case_dir / "out")
+
+
+def test_batch_inference_segments_the_good_images_then_fails_naming_the_bad_one(case_dir, random_model):
+    make_case(case_dir, "bad.nii.gz", "corrupt")
+    save(case_dir / "images" / "good.nii.gz", np.full((40, 40, 20), -500, np.int16), np.diag([4.0, 4.0, 4.0, 1.0]))
+    proc = bundle_run(["inference.json", "small.json"],
+                      {"dataset_dir": case_dir / "images", "ckpt_dir": random_model, "output_dir": case_dir / "out"},
+                      check=False)
+    assert proc.returncode != 0
+    error = error_message(proc)
+    assert error.startswith("ERROR: 1 of 2 images could not be segmented (the other 1 were written to")
+    assert f"{case_dir / 'images' / 'bad.nii.gz'}: unreadable or corrupt" in error
+    assert sorted(p.name for p in (case_dir / "out").iterdir()) == ["good_seg.nii.gz"]  # no temporary file left
+    assert nib.load(case_dir / "out" / "good_seg.nii.gz").shape == (40, 40, 20)
+
+
+def test_inference_refuses_to_write_into_its_input_folder(case_dir, random_model):
+    save(case_dir / "images" / "ct.nii.gz", np.full((40, 40, 20), -500, np.int16))
+    before = (case_dir / "images" / "ct.nii.gz").read_bytes()
+    proc = bundle_run(["inference.json", "small.json"],
+                      {"dataset_dir": case_dir / "images", "ckpt_dir": random_model, "output_dir": case_dir / "images"},
+                      check=False)
+    assert proc.returncode != 0 and "is the input folder" in error_message(proc)
+    assert sorted(p.name for p in (case_dir / "images").iterdir()) == ["ct.nii.gz"]
+    assert (case_dir / "images" / "ct.nii.gz").read_bytes() == before
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "mismatch"])

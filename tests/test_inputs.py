@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.inputs import InputError, check_case, checked_datalist, inference_list
+from scripts.inputs import InputError, check_case, checked_datalist
 
 
 def write(path, array, affine=None):
@@ -40,10 +40,3 @@ def test_empty_file_and_empty_list(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({"training": []}))
     with pytest.raises(InputError, match="list 'training' is empty"):
         checked_datalist(str(tmp_path / "d.json"), "training", str(tmp_path))
-
-
-def test_inference_list_takes_every_nifti_in_the_folder_sorted(tmp_path):
-    for name in ("b.nii.gz", "a.nii"):
-        write(tmp_path / name, np.zeros((8, 8, 8), np.int16))
-    (tmp_path / "notes.txt").write_text("not an image")
-    assert [d["image"] for d in inference_list(str(tmp_path))] == [str(tmp_path / "a.nii"), str(tmp_path / "b.nii.gz")]

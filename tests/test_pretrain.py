@@ -32,6 +32,23 @@ def test_short_pretraining_learns_the_proxy_tasks(pretrained):
     assert {"rotation", "contrastive", "reconstruction", "total", "lr"} <= set(rows[0])
 
 
+def test_pretraining_skips_the_broken_volumes_and_lists_them(pretrained):
+    with open(pretrained["dir"] / "runs" / "skipped_train.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["image"] for row in rows] == pretrained["broken"]
+    assert "file is empty" in rows[0]["problem"] and "unreadable or corrupt" in rows[1]["problem"]
+
+
+def test_pretraining_stops_before_training_when_too_many_volumes_are_broken(pretrained, phantoms, tmp_path):
+    proc = bundle_run(["pretrain.json", "small_pretrain.json"], {
+        "dataset_dir": phantoms, "train_sources": pretrained["sources"], "output_dir": tmp_path / "runs",
+        "ckpt_dir": tmp_path / "models", "max_skipped_fraction": 0.1}, check=False)
+    assert proc.returncode != 0
+    assert "pre-training volumes are unusable (more than max_skipped_fraction=0.1 of the list)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs" / "losses.csv").exists() and not (tmp_path / "models").exists()
+
+
 def test_pretraining_writes_snapshots_and_tensorboard_logs(pretrained):
     images = sorted((pretrained["dir"] / "runs" / "images").glob("iteration_*.png"))
     assert [p.name for p in images][-1] == f"iteration_{pretrained['iterations']:07d}.png"

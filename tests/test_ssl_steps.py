@@ -1,6 +1,7 @@
 """Pre-training iterations and inputs: views, clipping (also under AMP), deterministic validation,
 merged image lists."""
 
+import csv
 import json
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ from monai.utils import set_determinism
 from torch import nn
 
 from scripts.inputs import InputError
-from scripts.ssl_data import image_list
+from scripts.ssl_data import image_list, usable_images
 from scripts.ssl_loss import SSLLoss
 from scripts.ssl_steps import CropAverage, SSLEvalStep, SSLTrainStep, make_views
 
@@ -122,3 +123,52 @@ def test_image_list_names_the_source_with_a_missing_file_or_no_images(tmp_path):
         image_list(str(tmp_path / "list.json"))
     with pytest.raises(InputError, match="no images found"):
         image_list(str(tmp_path / "nothing" / "*.nii.gz"))
+
+
+def write_broken(folder, count):
+    """``count`` unusable volumes: truncated, empty, NaN-filled, 2-D, in turn."""
+    import nibabel as nib
+    import numpy as np
+
+    paths = []
+    for i in range(count):
+        path = folder / f"broken_{i}.nii.gz"
+        kind = i % 4
+        if kind == 0:
+            write_nifti(path)
+            path.write_bytes(path.read_bytes()[:40])
+        elif kind == 1:
+            path.write_bytes(b"")
+        elif kind == 2:
+            nib.save(nib.Nifti1Image(np.full((4, 4, 4), np.nan, np.float32), np.eye(4)), path)
+        else:
+            nib.save(nib.Nifti1Image(np.zeros((4, 4), np.int16), np.eye(4)), path)
+        paths.append(str(path))
+    return paths
+
+
+def test_unusable_volumes_are_skipped_with_a_running_count_and_listed(tmp_path, caplog):
+    good = []
+    for i in range(8):
+        write_nifti(tmp_path / f"ct_{i}.nii.gz")
+        good.append(str(tmp_path / f"ct_{i}.nii.gz"))
+    broken = write_broken(tmp_path, 4)
+    items = [{"image": p} for p in good[:4] + broken + good[4:]]
+    with caplog.at_level("WARNING"):
+        kept = usable_images(items, max_skipped_fraction=0.4, num_threads=2, report=str(tmp_path / "skipped.csv"))
+    assert kept == [{"image": p} for p in good]
+    skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert [m.rsplit("(", 1)[1] for m in skips] == [f"{k} skipped of {4 + k} read, 12 listed)" for k in range(1, 5)]
+    assert "unreadable or corrupt" in skips[0] and "file is empty" in skips[1]
+    assert "non-finite voxels" in skips[2] and "2-D image" in skips[3]
+    assert "pre-training on 8 of 12 volumes: 4 skipped" in caplog.text
+    with open(tmp_path / "skipped.csv") as f:
+        assert [row["image"] for row in csv.DictReader(f)] == broken
+
+
+def test_too_many_unusable_volumes_stop_the_run_at_once(tmp_path):
+    write_nifti(tmp_path / "ct.nii.gz")
+    items = [{"image": p} for p in write_broken(tmp_path, 2) + [str(tmp_path / "ct.nii.gz")] * 7]
+    with pytest.raises(InputError, match=r"2 of 9 pre-training volumes are unusable \(more than max_skipped_fraction=0.2"):
+        usable_images(items, max_skipped_fraction=0.2)
+    assert len(usable_images(items, max_skipped_fraction=0.25)) == 7

@@ -1,9 +1,8 @@
 """Guards for long runs: a non-finite loss stops training without saving; checkpoint writes are atomic."""
 
+import json
 import math
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
@@ -48,15 +47,13 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_and_no_p
 
 
 def test_pretraining_on_a_corrupt_batch_stops_with_an_error_and_keeps_finite_checkpoints(phantoms, tmp_path):
-    bad = tmp_path / "nan_ct.nii.gz"
-    data = np.full((40, 40, 40), 40.0, np.float32)
-    data[10:20, 10:20, 10:20] = np.nan
-    nib.save(nib.Nifti1Image(data, np.diag([4.0, 4.0, 4.0, 1.0])), bad)
     common = {"dataset_dir": phantoms, "output_dir": tmp_path / "runs", "ckpt_dir": tmp_path / "models",
               "max_iterations": 4, "ckpt_interval": 2, "val_interval": 2, "image_interval": 2, "num_samples": 1}
     bundle_run(["pretrain.json", "small_pretrain.json"], {**common, "train#trainer#max_epochs": 1})
-    proc = bundle_run(["pretrain.json", "small_pretrain.json"], {**common, "resume": True, "train_sources": [str(bad)]},
-                      check=False)
+    # resumed with every training batch turned to NaN after loading (the input checks only see the files)
+    corrupt = "$monai.transforms.Lambdad('image', lambda x: x * float('nan'))"
+    proc = bundle_run(["pretrain.json", "small_pretrain.json"],
+                      {**common, "resume": True, "train#random_transforms#1": corrupt}, check=False)
     assert proc.returncode != 0
     assert "ERROR: non-finite loss (nan) at iteration 3" in proc.stderr
     checkpoints = sorted((tmp_path / "runs" / "checkpoints").glob("checkpoint*.pt"))
@@ -69,7 +66,7 @@ def test_pretraining_on_a_corrupt_batch_stops_with_an_error_and_keeps_finite_che
         "swinViT.patch_embed.proj.weight"].sum()))
 
 
-# Runs pre-training in a child process; when KILL_IN_WRITE is set, the child stops for good in the middle
+# Runs a training workflow in a child process; when KILL_IN_WRITE is set, the child stops for good in the middle
 # of writing its first checkpoint into the checkpoint folder, so the parent can SIGKILL it there.
 CHILD = """
 import os, sys, time, torch
@@ -86,8 +83,8 @@ run(config_file=config_files, **overrides)
 """
 
 
-def run_and_kill(tmp_path, overrides, until, kill_in_write=False):
-    """Start pre-training and SIGKILL it as soon as ``until()`` holds; returns the exit code."""
+def run_and_kill(tmp_path, config_names, overrides, until, kill_in_write=False):
+    """Start a training workflow and SIGKILL it as soon as ``until()`` holds; returns the exit code."""
     import os
     import signal
     import subprocess
@@ -99,7 +96,7 @@ def run_and_kill(tmp_path, overrides, until, kill_in_write=False):
     marker = tmp_path / "in_write"
     marker.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **({"KILL_IN_WRITE": "1"} if kill_in_write else {})}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(marker), repr(configs("pretrain.json", "small_pretrain.json")),
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(marker), repr(configs(*config_names)),
                               repr(overrides)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not until(marker) and child.poll() is None and time.time() < deadline:
@@ -111,17 +108,38 @@ def run_and_kill(tmp_path, overrides, until, kill_in_write=False):
 def test_pretraining_killed_at_any_moment_resumes_to_the_right_iteration(phantoms, tmp_path):
     runs = tmp_path / "runs"
     overrides = {"dataset_dir": str(phantoms), "output_dir": str(runs), "ckpt_dir": str(tmp_path / "models"),
-                 "max_iterations": 6, "ckpt_interval": 2, "val_interval": 2, "image_interval": 2, "num_samples": 1}
-    checkpoints = runs / "checkpoints"
-    # 1: killed in the middle of its first checkpoint write: no checkpoint file at all, only a temporary one
-    assert run_and_kill(tmp_path, overrides, lambda marker: marker.exists(), kill_in_write=True) == -9
-    assert not list(checkpoints.glob("checkpoint*.pt")) and list(checkpoints.glob("tmp*"))
-    # 2: killed between checkpoints, after the first complete one
-    assert run_and_kill(tmp_path, overrides, lambda marker: (checkpoints / "checkpoint_epoch=1.pt").exists()) == -9
-    # 3: resumed, it finishes with the right count and loadable, finite weights
-    bundle_run(["pretrain.json", "small_pretrain.json"], {**overrides, "resume": True})
-    final = torch.load(checkpoints / "checkpoint_final.pt", map_location="cpu", weights_only=True)
-    assert final["trainer"]["iteration"] == 6
-    assert all(torch.isfinite(v).all() for v in final["model"].values())
+                 "max_iterations": 4, "ckpt_interval": 2, "val_interval": 4, "image_interval": 2, "num_samples": 1}
+    final = kill_twice_and_resume(tmp_path, ["pretrain.json", "small_pretrain.json"], overrides)
+    assert final["trainer"]["iteration"] == 4
     assert set(torch.load(tmp_path / "models" / "ssl_encoder.pt", weights_only=True)) == {
         k for k in final["model"] if k.startswith("swinViT.")}
+
+
+def test_fine_tuning_killed_at_any_moment_resumes_to_the_right_iteration(phantoms, tmp_path):
+    data = json.loads((phantoms / "dataset.json").read_text())
+    data["training"] = data["training"][:2]
+    (tmp_path / "dataset.json").write_text(json.dumps(data))
+    overrides = {"dataset_dir": str(phantoms), "datalist": str(tmp_path / "dataset.json"), "output_dir": str(tmp_path / "runs"),
+                 "ckpt_dir": str(tmp_path / "models"), "max_epochs": 3, "ckpt_interval": 1, "val_interval": 3,
+                 "num_workers": 0}
+    final = kill_twice_and_resume(tmp_path, ["train.json", "small.json"], overrides)
+    assert final["trainer"]["iteration"] == 3 * 2  # 3 epochs of 2 training phantoms
+    best = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert set(best) == set(final["model"]) and all(torch.isfinite(v).all() for v in best.values())
+
+
+def kill_twice_and_resume(tmp_path, config_names, overrides) -> dict:
+    """Kill a run in the middle of its first checkpoint write, then again after its first checkpoint,
+    resume it, and return its final checkpoint (asserted finite)."""
+    checkpoints = tmp_path / "runs" / "checkpoints"
+    # 1: killed in the middle of its first checkpoint write: no checkpoint file at all, only a temporary one
+    assert run_and_kill(tmp_path, config_names, overrides, lambda marker: marker.exists(), kill_in_write=True) == -9
+    assert not list(checkpoints.glob("checkpoint*.pt")) and list(checkpoints.glob("tmp*"))
+    # 2: killed between checkpoints, after the first complete one
+    first = checkpoints / "checkpoint_epoch=1.pt"
+    assert run_and_kill(tmp_path, config_names, overrides, lambda marker: first.exists()) == -9
+    # 3: resumed, it finishes with loadable, finite weights
+    bundle_run(config_names, {**overrides, "resume": True})
+    final = torch.load(checkpoints / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in final["model"].values())
+    return final

@@ -1,0 +1,45 @@
+"""Atomic output files: written under a temporary name in the target folder, flushed, then renamed.
+
+A process killed while writing leaves the previous file (or none) and at most a hidden temporary
+file, never a truncated output that a later step would take for a complete one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+from monai.data import NibabelWriter
+
+
+def _suffix(path: str) -> str:
+    """The file's extension(s), kept on the temporary file so that writers pick the same format."""
+    name = os.path.basename(path)
+    return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path next to ``path``; on success it is synced and renamed to ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial" + _suffix(path), dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's NIfTI writer (for ``SaveImage(d)``'s ``writer``) writing each file atomically."""
+
+    def write(self, filename, verbose: bool = False, **obj_kwargs):
+        with atomic_path(filename) as tmp:
+            super().write(tmp, verbose=verbose, **obj_kwargs)
