@@ -185,3 +185,24 @@ def test_the_multi_gpu_configs_refuse_to_run_outside_torchrun(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     with pytest.raises(RuntimeError, match="need the process environment of torchrun"):
         local_device()
+
+
+def test_the_slurm_script_runs_one_torchrun_per_node_meeting_on_the_first_node(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    scripts = {
+        "scontrol": 'printf "gpu-a\\ngpu-b\\n"',
+        "srun": 'while [[ "$1" == --* ]]; do shift; done; exec "$@"',
+        "torchrun": f'printf "%s\\n" "$@" > {tmp_path / "torchrun_args"}',
+    }
+    for name, body in scripts.items():
+        (fake / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (fake / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_NNODES": "2",
+           "SLURM_JOB_ID": "77", "SLURM_GPUS_ON_NODE": "4", "SLURM_SUBMIT_DIR": str(tmp_path)}
+    subprocess.run(["bash", str(ROOT / "scripts" / "slurm_pretrain.sh"), "--train_sources", "['/data/a.json']"],
+                   env=env, check=True)
+    assert (tmp_path / "torchrun_args").read_text().splitlines() == [
+        "--nnodes=2", "--nproc_per_node=4", "--rdzv_id=77", "--rdzv_backend=c10d", "--rdzv_endpoint=gpu-a:29500",
+        "-m", "monai.bundle", "run", "--config_file", "['configs/pretrain.json','configs/multi_gpu_pretrain.json']",
+        "--resume", "true", "--train_sources", "['/data/a.json']"]
