@@ -7,10 +7,13 @@ file, never a truncated output that a later step would take for a complete one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 
 from monai.data import NibabelWriter
+
+logger = logging.getLogger(__name__)
 
 
 def _suffix(path: str) -> str:
@@ -41,5 +44,7 @@ class AtomicNibabelWriter(NibabelWriter):
     """MONAI's NIfTI writer (for ``SaveImage(d)``'s ``writer``) writing each file atomically."""
 
     def write(self, filename, verbose: bool = False, **obj_kwargs):
+        if verbose:
+            logger.info(f"writing: {filename}")
         with atomic_path(filename) as tmp:
-            super().write(tmp, verbose=verbose, **obj_kwargs)
+            super().write(tmp, verbose=False, **obj_kwargs)

@@ -6,6 +6,8 @@ import glob
 import logging
 import os
 
+from scripts.distributed import rank
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,8 +70,6 @@ class ReseedEachEpoch:
     def __call__(self, engine) -> None:
         from monai.data.utils import set_rnd
         from monai.utils import set_determinism
-
-        from scripts.distributed import rank
 
         seed = self.seed + engine.state.epoch + 1_000_003 * rank()
         set_determinism(seed=seed)

@@ -11,7 +11,6 @@ exact; the research file's final ``norm`` has no counterpart here and is dropped
 
 from __future__ import annotations
 
-
 import fire
 import torch
 

@@ -14,9 +14,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from scripts.inputs import InputError, ReportedError
+
 logger = logging.getLogger(__name__)
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
+
+
+class DistributedSetupError(ReportedError, RuntimeError):
+    """The process environment does not fit the multi-GPU configs."""
 
 
 def is_distributed() -> bool:
@@ -34,13 +40,13 @@ def world_size() -> int:
 def local_device() -> torch.device:
     """This process's device under torchrun: ``cuda:LOCAL_RANK`` when CUDA is there, else the CPU."""
     if "LOCAL_RANK" not in os.environ:
-        raise RuntimeError("the multi_gpu_* configs need the process environment of torchrun: "
+        raise DistributedSetupError("the multi_gpu_* configs need the process environment of torchrun: "
                            "torchrun --nproc_per_node=N -m monai.bundle run --config_file ...")
     if not torch.cuda.is_available():
         return torch.device("cpu")
     local_rank = int(os.environ["LOCAL_RANK"])
     if local_rank >= torch.cuda.device_count():
-        raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices here: "
+        raise DistributedSetupError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices here: "
                            f"lower --nproc_per_node")
     return torch.device("cuda", local_rank)
 
@@ -97,8 +103,6 @@ def validation_sampler(dataset):
     """Each rank validates a disjoint share of ``dataset`` (no padding, so no volume counts twice);
     metrics are then reduced over the ranks."""
     from monai.data import DistributedSampler
-
-    from scripts.inputs import InputError
 
     if len(dataset) < world_size():
         raise InputError(f"{len(dataset)} validation volumes for {world_size()} processes: every process needs "
