@@ -62,13 +62,20 @@ def test_the_encoder_file_has_exactly_the_fine_tuning_encoder_keys(pretrained):
     assert all(state[k].shape == reference[k].shape for k in state)
 
 
-def test_fine_tuning_from_the_pretrained_encoder_loads_every_encoder_tensor(pretrained, phantoms, tmp_path):
+def test_fine_tuning_from_the_pretrained_encoder_loads_every_encoder_tensor(pretrained, phantoms, tmp_path, caplog):
+    from monai.bundle import ConfigWorkflow
+
     encoder = pretrained["dir"] / "models" / "ssl_encoder.pt"
     count = len(torch.load(encoder, map_location="cpu", weights_only=True))
-    proc = bundle_run(["train.json", "small.json"], {
-        "dataset_dir": phantoms, "output_dir": tmp_path / "runs", "ckpt_dir": tmp_path / "models",
-        "pretrained_encoder": encoder, "max_epochs": 1, "val_interval": 1, "num_workers": 0})
-    assert f"loaded {count} of {count} encoder tensors from {encoder}" in proc.stdout + proc.stderr
+    wf = ConfigWorkflow(config_file=configs("train.json", "small.json"), workflow_type="train", logging_file=False,
+                        bundle_root=str(ROOT), dataset_dir=str(phantoms), output_dir=str(tmp_path / "runs"),
+                        ckpt_dir=str(tmp_path / "models"), pretrained_encoder=str(encoder))
+    with caplog.at_level("INFO", logger="scripts.weights"):
+        wf.initialize()  # loading the encoder is part of the workflow's initialisation
+    assert f"loaded {count} of {count} encoder tensors from {encoder}" in caplog.text
+    network = wf.parser.get_parsed_content("network")
+    state = torch.load(encoder, map_location="cpu", weights_only=True)
+    assert all(torch.equal(network.state_dict()[k], v) for k, v in state.items())
 
 
 def final_weights(run_dir):
