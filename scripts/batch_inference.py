@@ -8,11 +8,10 @@ lose data fail at once: an output that would overwrite an input or another outpu
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 
-from scripts.inputs import NIFTI_SUFFIXES, InputError, ReportedError, check_case, read_datalist
+from scripts.inputs import NIFTI_SUFFIXES, InputError, ReportedError, check_case, nifti_files, read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class InferenceBatch:
             return [item["image"] if isinstance(item, dict) else item for item in items]
         if not os.path.isdir(dataset_dir):
             raise InputError(f"dataset_dir {dataset_dir}: folder not found")
-        images = sorted(p for p in glob.glob(os.path.join(dataset_dir, "*")) if p.endswith(NIFTI_SUFFIXES))
+        images = nifti_files(dataset_dir)
         if not images:
             raise InputError(f"dataset_dir {dataset_dir}: no NIfTI images (*.nii, *.nii.gz)")
         return images

@@ -12,22 +12,20 @@ summary; exits 1 when any error was found.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
 
 import fire
 
-from scripts.inputs import NIFTI_SUFFIXES, InputError, check_case
+from scripts.inputs import InputError, check_case, nifti_files
 
 LISTS = ("training", "validation", "test")
 
 
 def _cases(datalist: str, dataset_dir: str, folder: str) -> list[tuple[str, dict]]:
     if folder:
-        paths = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.endswith(NIFTI_SUFFIXES))
-        return [("folder", {"image": p}) for p in paths]
+        return [("folder", {"image": p}) for p in nifti_files(folder)]
     with open(datalist) as f:
         lists = json.load(f)
     base = dataset_dir or os.path.dirname(os.path.abspath(datalist))

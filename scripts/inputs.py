@@ -7,6 +7,7 @@ training step or output file, instead of deep inside a data-loader worker.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import sys
@@ -16,6 +17,13 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def nifti_files(pattern: str) -> list[str]:
+    """NIfTI files (``.nii``, ``.nii.gz``) matching a glob pattern, or in a folder, sorted."""
+    if os.path.isdir(pattern):
+        pattern = os.path.join(pattern, "*")
+    return sorted(p for p in glob.glob(pattern) if p.endswith(NIFTI_SUFFIXES))
 
 
 class ReportedError(Exception):

@@ -8,7 +8,6 @@ where a datalist has them, are not used. Among thousands of public volumes a few
 from __future__ import annotations
 
 import csv
-import glob
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ import torch
 
 from scripts.atomic_files import atomic_path
 from scripts.distributed import rank, world_size
-from scripts.inputs import NIFTI_SUFFIXES, InputError, check_case, read_datalist
+from scripts.inputs import InputError, check_case, nifti_files, read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +37,7 @@ def _entries(source, default_key: str) -> tuple[str, list[str]]:
         items = read_datalist(path, key, base_dir, is_segmentation=False)
         images = [item["image"] if isinstance(item, dict) else item for item in items]
         return f"{path} [{key}]", images
-    pattern = spec["glob"]
-    if os.path.isdir(pattern):
-        pattern = os.path.join(pattern, "*")
-    images = sorted(p for p in glob.glob(pattern) if p.endswith(NIFTI_SUFFIXES))
-    return pattern, images
+    return spec["glob"], nifti_files(spec["glob"])
 
 
 def image_list(sources, key: str = "training") -> list[dict]:
