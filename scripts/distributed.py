@@ -41,13 +41,13 @@ def local_device() -> torch.device:
     """This process's device under torchrun: ``cuda:LOCAL_RANK`` when CUDA is there, else the CPU."""
     if "LOCAL_RANK" not in os.environ:
         raise DistributedSetupError("the multi_gpu_* configs need the process environment of torchrun: "
-                           "torchrun --nproc_per_node=N -m monai.bundle run --config_file ...")
+                                    "torchrun --nproc_per_node=N -m monai.bundle run --config_file ...")
     if not torch.cuda.is_available():
         return torch.device("cpu")
     local_rank = int(os.environ["LOCAL_RANK"])
     if local_rank >= torch.cuda.device_count():
-        raise DistributedSetupError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices here: "
-                           f"lower --nproc_per_node")
+        raise DistributedSetupError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices "
+                                    f"here: lower --nproc_per_node")
     return torch.device("cuda", local_rank)
 
 

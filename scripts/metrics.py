@@ -14,6 +14,7 @@ from monai.metrics import HausdorffDistanceMetric
 from monai.utils import string_list_all_gather
 
 from scripts.atomic_files import atomic_path
+from scripts.distributed import rank
 
 
 class HausdorffDistanceMM(HausdorffDistanceMetric):
@@ -60,7 +61,7 @@ class OrganMetricsWriter:
     def write(self, engine: Engine) -> dict:
         """Write the tables; returns ``{metric: per-organ means}``. Only rank 0 writes under torchrun."""
         files = string_list_all_gather(self._files)
-        rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        rank0 = rank() == 0
         means = {}
         for name in self.metrics:
             values = engine.state.metric_details[name]

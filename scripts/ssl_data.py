@@ -121,13 +121,12 @@ def usable_images(items: list[dict], max_skipped_fraction: float = 0.05, num_thr
                     )
             if speak and (i % progress_every == 0 or i == total):
                 logger.info(f"read {i} of {total} volumes, {len(skipped)} skipped")
-    speak = speak and bool(skipped)
-    if report and speak:
-        with atomic_path(report) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image", "problem"])
-            writer.writerows(skipped)
-    if speak:
+    if skipped and speak:
+        if report:
+            with atomic_path(report) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["image", "problem"])
+                writer.writerows(skipped)
         logger.warning(f"pre-training on {len(kept)} of {total} volumes: {len(skipped)} skipped"
                        + (f", listed in {report}" if report else ""))
     return kept

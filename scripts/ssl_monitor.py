@@ -11,14 +11,11 @@ import os
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from scripts.distributed import rank
+
 logger = logging.getLogger(__name__)
-
-
-def _is_rank0() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 class LossHistory:
@@ -35,7 +32,7 @@ class LossHistory:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:
-        if not _is_rank0():
+        if rank() != 0:
             return
         terms = engine.state.output["terms"]
         new = not os.path.exists(self.filename)
@@ -69,7 +66,7 @@ class ReconstructionSnapshots:
         return [img[..., depth].T.flip(0).numpy() for img in images]  # RAS (x, y) -> rows y up, columns x
 
     def __call__(self, engine: Engine) -> None:
-        if not _is_rank0():
+        if rank() != 0:
             return
         import matplotlib
 
