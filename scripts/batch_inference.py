@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 
-from scripts.inputs import NIFTI_SUFFIXES, InputError, ReportedError, check_case, nifti_files, read_datalist
+from scripts.errors import InputError, ReportedError
+from scripts.inputs import NIFTI_SUFFIXES, check_case, nifti_files, read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ class InferenceBatch:
     naming every image that did not (call it after the run, so that the good ones are written first).
     """
 
-    def __init__(self, dataset_dir: str, datalist: str = "", key: str = "test", output_dir: str = "",
-                 postfix: str = "seg"):
+    def __init__(
+        self, dataset_dir: str, datalist: str = "", key: str = "test", output_dir: str = "", postfix: str = "seg"
+    ):
         self.output_dir = output_dir
         images = self._images(dataset_dir, datalist, key)
         self._refuse_overwrites(images, dataset_dir if not datalist else None, postfix)
@@ -72,18 +74,23 @@ class InferenceBatch:
     def _refuse_overwrites(self, images: list[str], input_folder: str | None, postfix: str) -> None:
         real = os.path.realpath
         if input_folder is not None and real(self.output_dir) == real(input_folder):
-            raise InputError(f"output_dir {self.output_dir}: is the input folder; the segmentations would be taken "
-                             f"as inputs by the next run. Choose a separate output_dir")
+            raise InputError(
+                f"output_dir {self.output_dir}: is the input folder; the segmentations would be taken "
+                f"as inputs by the next run. Choose a separate output_dir"
+            )
         inputs = {real(p): p for p in images}
         planned = {}
         for image in images:
             out = output_path(image, self.output_dir, postfix)
             if real(out) in inputs:
-                raise InputError(f"output {out}: would overwrite the input image {inputs[real(out)]}; "
-                                 f"choose another output_dir")
+                raise InputError(
+                    f"output {out}: would overwrite the input image {inputs[real(out)]}; choose another output_dir"
+                )
             if real(out) in planned:
-                raise InputError(f"output {out}: images {planned[real(out)]} and {image} have the same file name "
-                                 f"and would overwrite each other's segmentation; rename one")
+                raise InputError(
+                    f"output {out}: images {planned[real(out)]} and {image} have the same file name "
+                    f"and would overwrite each other's segmentation; rename one"
+                )
             planned[real(out)] = image
 
     def finish(self) -> None:
@@ -92,6 +99,7 @@ class InferenceBatch:
             done = self.total - len(self.failed)
             raise BatchInferenceError(
                 f"{len(self.failed)} of {self.total} images could not be segmented"
-                + (f" (the other {done} were written to {self.output_dir})" if done else "") + ":\n  "
+                + (f" (the other {done} were written to {self.output_dir})" if done else "")
+                + ":\n  "
                 + "\n  ".join(self.failed)
             )

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from scripts.inputs import InputError, ReportedError
+from scripts.errors import InputError, ReportedError
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +40,17 @@ def world_size() -> int:
 def local_device() -> torch.device:
     """This process's device under torchrun: ``cuda:LOCAL_RANK`` when CUDA is there, else the CPU."""
     if "LOCAL_RANK" not in os.environ:
-        raise DistributedSetupError("the multi_gpu_* configs need the process environment of torchrun: "
-                                    "torchrun --nproc_per_node=N -m monai.bundle run --config_file ...")
+        raise DistributedSetupError(
+            "the multi_gpu_* configs need the process environment of torchrun: "
+            "torchrun --nproc_per_node=N -m monai.bundle run --config_file ..."
+        )
     if not torch.cuda.is_available():
         return torch.device("cpu")
     local_rank = int(os.environ["LOCAL_RANK"])
     if local_rank >= torch.cuda.device_count():
-        raise DistributedSetupError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices "
-                                    f"here: lower --nproc_per_node")
+        raise DistributedSetupError(
+            f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices here: lower --nproc_per_node"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -79,7 +82,7 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return collectives.wait_tensor(collectives.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD))
 
 
-def unwrap(network: nn.Module) -> nn.Module:
+def unwrap_model(network: nn.Module) -> nn.Module:
     """The model inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper, else ``network``."""
     return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
 
@@ -94,8 +97,10 @@ def scaled_lr(learning_rate: float, global_batch: int, reference_batch: int, rul
         raise ValueError(f"batch sizes must be positive, got global {global_batch}, reference {reference_batch}")
     ratio = global_batch / reference_batch
     lr = learning_rate * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
-    logger.info(f"global batch {global_batch} crops ({world_size()} processes): learning rate {lr:.4g} "
-                f"({rule} scaling of {learning_rate:g} for {reference_batch} crops)")
+    logger.info(
+        f"global batch {global_batch} crops ({world_size()} processes): learning rate {lr:.4g} "
+        f"({rule} scaling of {learning_rate:g} for {reference_batch} crops)"
+    )
     return lr
 
 
@@ -105,19 +110,21 @@ def validation_sampler(dataset):
     from monai.data import DistributedSampler
 
     if len(dataset) < world_size():
-        raise InputError(f"{len(dataset)} validation volumes for {world_size()} processes: every process needs "
-                         f"at least one; use fewer processes or more validation volumes")
+        raise InputError(
+            f"{len(dataset)} validation volumes for {world_size()} processes: every process needs "
+            f"at least one; use fewer processes or more validation volumes"
+        )
     return DistributedSampler(dataset, even_divisible=False, shuffle=False)
 
 
 def rank_zero_only(handlers: list) -> list:
-    """``handlers`` without those that write files or console logs, on every rank but 0."""
+    """``handlers`` without MONAI's file and console writers, on every rank but 0.
+
+    The bundle's own writers (``scripts.ssl.monitor``, ``scripts.metrics``) check ``rank()`` themselves.
+    """
     if rank() == 0:
         return list(handlers)
     from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardImageHandler, TensorBoardStatsHandler
 
-    from scripts.ssl_monitor import LossHistory, ReconstructionSnapshots
-
-    writers = (CheckpointSaver, StatsHandler, TensorBoardStatsHandler, TensorBoardImageHandler, LossHistory,
-               ReconstructionSnapshots)
+    writers = (CheckpointSaver, StatsHandler, TensorBoardStatsHandler, TensorBoardImageHandler)
     return [h for h in handlers if not isinstance(h, writers)]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import sys
 
 import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
+
+from scripts.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -24,14 +25,6 @@ def nifti_files(pattern: str) -> list[str]:
     if os.path.isdir(pattern):
         pattern = os.path.join(pattern, "*")
     return sorted(p for p in glob.glob(pattern) if p.endswith(NIFTI_SUFFIXES))
-
-
-class ReportedError(Exception):
-    """An error whose message says everything on one line; workflows print it without a traceback."""
-
-
-class InputError(ReportedError, ValueError):
-    """A problem with an input file; its message names the file and the problem on one line."""
 
 
 def _read(path: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -69,8 +62,10 @@ def ct_warning(path: str, data: np.ndarray) -> str | None:
     """A warning when intensities do not look like CT in Hounsfield units (air near -1000, bone above 300)."""
     low, high = np.percentile(data, [0.5, 99.5])
     if low > -500 or high < 100:
-        return (f"image {path}: intensities {low:.4g}..{high:.4g} (0.5-99.5th percentile) do not look like CT in "
-                f"HU (air about -1000, bone above 300): an MRI or an already-normalised image?")
+        return (
+            f"image {path}: intensities {low:.4g}..{high:.4g} (0.5-99.5th percentile) do not look like CT in "
+            f"HU (air about -1000, bone above 300): an MRI or an already-normalised image?"
+        )
     return None
 
 
@@ -93,7 +88,8 @@ def check_case(item: dict, keys=("image",), num_classes: int | None = None, warn
         (img, data), (lbl, ldata) = loaded["image"], loaded["label"]
         if data.shape[:3] != ldata.shape[:3]:
             raise InputError(
-                f"label {item['label']}: shape {ldata.shape[:3]} differs from image {item['image']} shape {data.shape[:3]}"
+                f"label {item['label']}: shape {ldata.shape[:3]} differs from image {item['image']} "
+                f"shape {data.shape[:3]}"
             )
         if not np.allclose(img.affine, lbl.affine, atol=1e-3):
             raise InputError(f"label {item['label']}: affine differs from image {item['image']} (not on the same grid)")
@@ -124,23 +120,6 @@ def checked_datalist(datalist: str, key: str, base_dir: str, keys=("image", "lab
     for item in items:
         check_case(item, keys, num_classes)
     return items
-
-
-def install_error_hook() -> None:
-    """Make an uncaught ReportedError (e.g. InputError) print its one-line message and exit with status 1."""
-    previous = sys.excepthook
-
-    def hook(exc_type, exc, tb):
-        # MONAI's config parser wraps errors raised in expressions into RuntimeErrors: look down the chain
-        cause = exc
-        while cause is not None and not isinstance(cause, ReportedError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            print(f"ERROR: {cause}", file=sys.stderr)
-            return
-        previous(exc_type, exc, tb)
-
-    sys.excepthook = hook
 
 
 def require_file(path: str, what: str) -> str:

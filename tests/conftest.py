@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripts.phantoms import write_phantoms
+from scripts.tools.phantoms import write_phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -31,7 +31,9 @@ def bundle_run(config_names, overrides: dict, check: bool = True) -> subprocess.
         cmd += [f"--{key}", str(value)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -64,7 +66,11 @@ def trained(tmp_path_factory, phantoms):
     wf.initialize()
     wf.run()
     trainer = wf.parser.get_parsed_content("train#trainer")
-    state = {"iteration": trainer.state.iteration, "epoch": trainer.state.epoch, "epoch_length": trainer.state.epoch_length}
+    state = {
+        "iteration": trainer.state.iteration,
+        "epoch": trainer.state.epoch,
+        "epoch_length": trainer.state.epoch_length,
+    }
     wf.finalize()
     return {"dir": out, "state": state}
 
@@ -84,7 +90,9 @@ def random_model(tmp_path_factory) -> Path:
 
 
 def requires_real_ct():
-    return pytest.mark.skipif(not REAL_CT.is_dir(), reason=f"real CT data not found at {REAL_CT} (only in the project's CI)")
+    return pytest.mark.skipif(
+        not REAL_CT.is_dir(), reason=f"real CT data not found at {REAL_CT} (only in the project's CI)"
+    )
 
 
 PRETRAIN_ITERATIONS = 24
@@ -122,5 +130,10 @@ def pretrained(tmp_path_factory, phantoms):
     wf.run()
     metrics = dict(wf.parser.get_parsed_content("validate#evaluator").state.metrics)
     wf.finalize()
-    return {"dir": out, "metrics": metrics, "iterations": PRETRAIN_ITERATIONS, "sources": sources,
-            "broken": sorted(str(p) for p in broken.iterdir())}
+    return {
+        "dir": out,
+        "metrics": metrics,
+        "iterations": PRETRAIN_ITERATIONS,
+        "sources": sources,
+        "broken": sorted(str(p) for p in broken.iterdir()),
+    }

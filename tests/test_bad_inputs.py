@@ -61,7 +61,7 @@ def error_message(proc) -> str:
     starts = [i for i, line in enumerate(lines) if line.startswith("ERROR:")]
     assert len(starts) == 1, proc.stderr[-3000:]
     block = [lines[starts[0]]]
-    for line in lines[starts[0] + 1:]:
+    for line in lines[starts[0] + 1 :]:
         if not line.startswith("  "):
             break
         block.append(line)
@@ -73,9 +73,11 @@ def test_inference_names_every_bad_image_and_writes_nothing_when_none_is_good(ca
     problems = {kind: make_case(case_dir, f"{kind}.nii.gz", kind) for kind in kinds}
     datalist = case_dir / "datalist.json"
     datalist.write_text(json.dumps({"test": [{"image": f"images/{kind}.nii.gz"} for kind in kinds]}))
-    proc = bundle_run(["inference.json", "small.json"],
-                      {"dataset_dir": case_dir, "datalist": datalist, "ckpt_dir": random_model,
-                       "output_dir": case_dir / "out"}, check=False)
+    proc = bundle_run(
+        ["inference.json", "small.json"],
+        {"dataset_dir": case_dir, "datalist": datalist, "ckpt_dir": random_model, "output_dir": case_dir / "out"},
+        check=False,
+    )
     error = error_message(proc)
     assert error.startswith("ERROR: 4 of 4 images could not be segmented:")
     for kind, problem in problems.items():
@@ -85,9 +87,11 @@ def test_inference_names_every_bad_image_and_writes_nothing_when_none_is_good(ca
 def test_batch_inference_segments_the_good_images_then_fails_naming_the_bad_one(case_dir, random_model):
     make_case(case_dir, "bad.nii.gz", "corrupt")
     save(case_dir / "images" / "good.nii.gz", np.full((40, 40, 20), -500, np.int16), np.diag([4.0, 4.0, 4.0, 1.0]))
-    proc = bundle_run(["inference.json", "small.json"],
-                      {"dataset_dir": case_dir / "images", "ckpt_dir": random_model, "output_dir": case_dir / "out"},
-                      check=False)
+    proc = bundle_run(
+        ["inference.json", "small.json"],
+        {"dataset_dir": case_dir / "images", "ckpt_dir": random_model, "output_dir": case_dir / "out"},
+        check=False,
+    )
     assert proc.returncode != 0
     error = error_message(proc)
     assert error.startswith("ERROR: 1 of 2 images could not be segmented (the other 1 were written to")
@@ -99,9 +103,11 @@ def test_batch_inference_segments_the_good_images_then_fails_naming_the_bad_one(
 def test_inference_refuses_to_write_into_its_input_folder(case_dir, random_model):
     save(case_dir / "images" / "ct.nii.gz", np.full((40, 40, 20), -500, np.int16))
     before = (case_dir / "images" / "ct.nii.gz").read_bytes()
-    proc = bundle_run(["inference.json", "small.json"],
-                      {"dataset_dir": case_dir / "images", "ckpt_dir": random_model, "output_dir": case_dir / "images"},
-                      check=False)
+    proc = bundle_run(
+        ["inference.json", "small.json"],
+        {"dataset_dir": case_dir / "images", "ckpt_dir": random_model, "output_dir": case_dir / "images"},
+        check=False,
+    )
     assert proc.returncode != 0 and "is the input folder" in error_message(proc)
     assert sorted(p.name for p in (case_dir / "images").iterdir()) == ["ct.nii.gz"]
     assert (case_dir / "images" / "ct.nii.gz").read_bytes() == before
@@ -112,22 +118,29 @@ def test_evaluation_rejects_bad_case(kind, case_dir, random_model):
     problem = make_case(case_dir, "bad.nii.gz", kind)
     entry = {"image": "images/bad.nii.gz", "label": "labels/bad.nii.gz"}
     (case_dir / "dataset.json").write_text(json.dumps({"training": [entry], "validation": [entry]}))
-    proc = bundle_run(["train.json", "evaluate.json", "small.json"],
-                      {"dataset_dir": case_dir, "ckpt_dir": random_model, "output_dir": case_dir / "out"}, check=False)
+    proc = bundle_run(
+        ["train.json", "evaluate.json", "small.json"],
+        {"dataset_dir": case_dir, "ckpt_dir": random_model, "output_dir": case_dir / "out"},
+        check=False,
+    )
     bad = case_dir / ("labels" if kind == "mismatch" else "images") / "bad.nii.gz"
     assert_clean_failure(proc, problem, bad, case_dir / "out")
 
 
 def test_missing_model_checkpoint_is_named(case_dir, tmp_path):
     make_case(case_dir, "ok.nii.gz", "2d")
-    proc = bundle_run(["inference.json", "small.json"],
-                      {"dataset_dir": case_dir / "images", "ckpt_dir": tmp_path / "nowhere", "output_dir": case_dir / "out"},
-                      check=False)
+    proc = bundle_run(
+        ["inference.json", "small.json"],
+        {"dataset_dir": case_dir / "images", "ckpt_dir": tmp_path / "nowhere", "output_dir": case_dir / "out"},
+        check=False,
+    )
     assert_clean_failure(proc, "file not found", tmp_path / "nowhere" / "model.pt", case_dir / "out")
 
 
 def test_folder_without_images_is_reported(case_dir, random_model):
-    proc = bundle_run(["inference.json", "small.json"],
-                      {"dataset_dir": case_dir / "out", "ckpt_dir": random_model, "output_dir": case_dir / "out"},
-                      check=False)
+    proc = bundle_run(
+        ["inference.json", "small.json"],
+        {"dataset_dir": case_dir / "out", "ckpt_dir": random_model, "output_dir": case_dir / "out"},
+        check=False,
+    )
     assert_clean_failure(proc, "no NIfTI images", case_dir / "out", case_dir / "out")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scripts.batch_inference import BatchInferenceError, InferenceBatch, output_path
-from scripts.inputs import InputError
+from scripts.errors import InputError
 
 
 def write(path, array=None):

@@ -77,15 +77,25 @@ def test_small_overlay_shrinks_every_workflow(base):
 
 
 def test_train_workflow_properties(phantoms):
-    wf = ConfigWorkflow(config_file=configs("train.json", "small.json"), workflow_type="train",
-                        bundle_root=str(ROOT), dataset_dir=str(phantoms), num_workers=0)
+    wf = ConfigWorkflow(
+        config_file=configs("train.json", "small.json"),
+        workflow_type="train",
+        bundle_root=str(ROOT),
+        dataset_dir=str(phantoms),
+        num_workers=0,
+    )
     wf.initialize()
     assert wf.check_properties() == []
 
 
 def test_infer_workflow_properties(phantoms, random_model):
-    wf = ConfigWorkflow(config_file=configs("inference.json", "small.json"), workflow_type="infer",
-                        bundle_root=str(ROOT), dataset_dir=str(phantoms / "imagesTs"), ckpt_dir=str(random_model))
+    wf = ConfigWorkflow(
+        config_file=configs("inference.json", "small.json"),
+        workflow_type="infer",
+        bundle_root=str(ROOT),
+        dataset_dir=str(phantoms / "imagesTs"),
+        ckpt_dir=str(random_model),
+    )
     wf.initialize()
     assert wf.check_properties() == []
 
@@ -121,9 +131,16 @@ def test_ckpt_export_traces_the_network_for_torchscript(random_model, tmp_path):
     from monai.bundle import ckpt_export
     from monai.networks.nets import SwinUNETR
 
-    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(random_model / "model.pt"),
-                meta_file=str(ROOT / "configs" / "metadata.json"), config_file=configs("inference.json", "small.json"),
-                use_trace=True, input_shape=[1, 1, 64, 64, 64], bundle_root=str(ROOT))
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(random_model / "model.pt"),
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        config_file=configs("inference.json", "small.json"),
+        use_trace=True,
+        input_shape=[1, 1, 64, 64, 64],
+        bundle_root=str(ROOT),
+    )
     traced = torch.jit.load(str(tmp_path / "model.ts"))
     net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12).eval()
     net.load_state_dict(torch.load(random_model / "model.pt", weights_only=True))
@@ -135,11 +152,28 @@ def test_ckpt_export_traces_the_network_for_torchscript(random_model, tmp_path):
 def test_pretraining_defaults_are_the_papers():
     parser = ConfigParser()
     parser.read_config(configs("pretrain.json"))
-    expected = {"feature_size": 48, "roi_size": [96, 96, 96], "num_samples": 2, "batch_size": 2, "a_min": -1000,
-                "a_max": 1000, "pixdim": [1.5, 1.5, 2.0], "learning_rate": 4e-4, "weight_decay": 0.1,
-                "warmup_iterations": 500, "max_iterations": 100000, "temperature": 0.5, "proj_dim": 512,
-                "rotation_weight": 1.0, "contrastive_weight": 1.0, "reconstruction_weight": 1.0,
-                "mask_fraction": 0.3, "mask_min_side": 0.05, "mask_max_side": 0.25, "token_choice": "paper"}
+    expected = {
+        "feature_size": 48,
+        "roi_size": [96, 96, 96],
+        "num_samples": 2,
+        "batch_size": 2,
+        "a_min": -1000,
+        "a_max": 1000,
+        "pixdim": [1.5, 1.5, 2.0],
+        "learning_rate": 4e-4,
+        "weight_decay": 0.1,
+        "warmup_iterations": 500,
+        "max_iterations": 100000,
+        "temperature": 0.5,
+        "proj_dim": 512,
+        "rotation_weight": 1.0,
+        "contrastive_weight": 1.0,
+        "reconstruction_weight": 1.0,
+        "mask_fraction": 0.3,
+        "mask_min_side": 0.05,
+        "mask_max_side": 0.25,
+        "token_choice": "paper",
+    }
     assert {k: parser.get(k) for k in expected} == expected
     assert parser.get("train#trainer#_target_") == "SupervisedTrainer"
     assert parser.get("lr_scheduler#_target_") == "monai.optimizers.WarmupCosineSchedule"
@@ -148,8 +182,13 @@ def test_pretraining_defaults_are_the_papers():
 def test_pretrain_workflow_properties_and_no_anomaly_detection(phantoms):
     import torch
 
-    wf = ConfigWorkflow(config_file=configs("pretrain.json", "small_pretrain.json"), workflow_type="train",
-                        bundle_root=str(ROOT), dataset_dir=str(phantoms), num_workers=0)
+    wf = ConfigWorkflow(
+        config_file=configs("pretrain.json", "small_pretrain.json"),
+        workflow_type="train",
+        bundle_root=str(ROOT),
+        dataset_dir=str(phantoms),
+        num_workers=0,
+    )
     wf.initialize()
     assert wf.check_properties() == []
     assert not torch.is_anomaly_enabled()

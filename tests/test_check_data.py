@@ -15,7 +15,9 @@ def save(path, array):
 
 
 def run_check(*args):
-    return subprocess.run([sys.executable, "-m", "scripts.check_data", *args], cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.tools.check_data", *args], cwd=ROOT, capture_output=True, text=True
+    )
 
 
 def ct(shape=(24, 24, 12)):
@@ -48,9 +50,15 @@ def test_every_planted_problem_is_reported_with_counts(tmp_path):
     save(tmp_path / "values.nii.gz", ct())
     save(tmp_path / "values_label.nii.gz", np.full((24, 24, 12), 20, np.uint8))
     save(tmp_path / "normalised.nii.gz", (ct() + 1000) / 1700.0)
-    labelled = {"shape.nii.gz": "shape_label.nii.gz", "values.nii.gz": "values_label.nii.gz", "good.nii.gz": "good_label.nii.gz"}
-    entries = [{"image": name, **({"label": labelled[name]} if name in labelled else {})}
-               for name in ["good.nii.gz", *planted, "normalised.nii.gz"]]
+    labelled = {
+        "shape.nii.gz": "shape_label.nii.gz",
+        "values.nii.gz": "values_label.nii.gz",
+        "good.nii.gz": "good_label.nii.gz",
+    }
+    entries = [
+        {"image": name, **({"label": labelled[name]} if name in labelled else {})}
+        for name in ["good.nii.gz", *planted, "normalised.nii.gz"]
+    ]
     (tmp_path / "list.json").write_text(json.dumps({"training": entries[:5], "validation": entries[5:]}))
     proc = run_check("--datalist", str(tmp_path / "list.json"), "--num_classes", "14")
     assert proc.returncode == 1

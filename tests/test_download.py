@@ -16,7 +16,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "models/weights.pt"
-WEIGHTS = {"swinViT.patch_embed.proj.weight": torch.randn(12, 1, 2, 2, 2), "swinViT.layers1.0.norm.weight": torch.ones(12)}
+WEIGHTS = {
+    "swinViT.patch_embed.proj.weight": torch.randn(12, 1, 2, 2, 2),
+    "swinViT.layers1.0.norm.weight": torch.ones(12),
+}
 
 _buffer = io.BytesIO()
 torch.save(WEIGHTS, _buffer)

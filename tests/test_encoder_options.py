@@ -5,8 +5,9 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from torch import nn
 
+from scripts.weights.finetuning import FreezeEncoder, parameter_groups
+
 from conftest import ROOT, configs
-from scripts.encoder_options import FreezeEncoder, parameter_groups
 
 
 class EncoderDecoder(nn.Module):
@@ -23,7 +24,9 @@ def test_encoder_learning_rate_factor_makes_two_groups():
     net = EncoderDecoder()
     groups = parameter_groups(net, 1e-3, encoder_lr_factor=0.1)
     assert [g["lr"] for g in groups] == [1e-4, 1e-3]
-    assert groups[0]["params"] == list(net.swinViT.parameters()) and groups[1]["params"] == list(net.decoder.parameters())
+    assert groups[0]["params"] == list(net.swinViT.parameters()) and groups[1]["params"] == list(
+        net.decoder.parameters()
+    )
 
 
 def test_the_encoder_stays_fixed_for_the_first_iterations_then_trains():

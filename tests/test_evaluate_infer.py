@@ -6,8 +6,9 @@ import json
 import nibabel as nib
 import numpy as np
 
+from scripts.tools.phantoms import BTCV_LABELS
+
 from conftest import REAL_CT, bundle_run, requires_real_ct
-from scripts.phantoms import BTCV_LABELS
 
 ORGANS = [BTCV_LABELS[i] for i in range(1, 14)]
 
@@ -18,8 +19,10 @@ def read_table(path):
 
 
 def test_evaluate_writes_per_organ_dice_and_hd95(trained, phantoms, tmp_path):
-    bundle_run(["train.json", "evaluate.json", "small.json"],
-               {"dataset_dir": phantoms, "ckpt_dir": trained["dir"] / "models", "output_dir": tmp_path, "num_workers": 0})
+    bundle_run(
+        ["train.json", "evaluate.json", "small.json"],
+        {"dataset_dir": phantoms, "ckpt_dir": trained["dir"] / "models", "output_dir": tmp_path, "num_workers": 0},
+    )
     for name in ("val_mean_dice_per_case.csv", "val_hd95_mm_per_case.csv"):
         rows = read_table(tmp_path / name)
         assert list(rows[0]) == ["case", *ORGANS, "mean"]
@@ -38,9 +41,15 @@ def test_inference_on_lps_anisotropic_input_keeps_shape_and_affine(trained, phan
     image_path = phantoms / "imagesTs" / "phantom_005.nii.gz"
     image = nib.load(image_path)
     assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
-    bundle_run(["inference.json", "small.json"],
-               {"dataset_dir": phantoms / "imagesTs", "ckpt_dir": trained["dir"] / "models", "output_dir": tmp_path,
-                "num_workers": 0})
+    bundle_run(
+        ["inference.json", "small.json"],
+        {
+            "dataset_dir": phantoms / "imagesTs",
+            "ckpt_dir": trained["dir"] / "models",
+            "output_dir": tmp_path,
+            "num_workers": 0,
+        },
+    )
     pred = nib.load(tmp_path / "phantom_005_seg.nii.gz")
     assert pred.shape == image.shape
     assert np.allclose(pred.affine, image.affine, atol=1e-4)
@@ -62,15 +71,22 @@ def test_real_ct_inference_and_evaluation_stay_aligned(trained, tmp_path):
     (data / "dataset.json").write_text(json.dumps({"training": [entry], "validation": [entry], "test": [entry]}))
     image = nib.load(data / "images" / "abdomen.nii.gz")
 
-    bundle_run(["inference.json", "small.json"],
-               {"dataset_dir": data / "images", "ckpt_dir": trained["dir"] / "models", "output_dir": tmp_path / "inf",
-                "num_workers": 0})
+    bundle_run(
+        ["inference.json", "small.json"],
+        {
+            "dataset_dir": data / "images",
+            "ckpt_dir": trained["dir"] / "models",
+            "output_dir": tmp_path / "inf",
+            "num_workers": 0,
+        },
+    )
     pred = nib.load(tmp_path / "inf" / "abdomen_seg.nii.gz")
     assert pred.shape == image.shape and np.allclose(pred.affine, image.affine, atol=1e-4)
 
-    bundle_run(["train.json", "evaluate.json", "small.json"],
-               {"dataset_dir": data, "ckpt_dir": trained["dir"] / "models", "output_dir": tmp_path / "eval",
-                "num_workers": 0})
+    bundle_run(
+        ["train.json", "evaluate.json", "small.json"],
+        {"dataset_dir": data, "ckpt_dir": trained["dir"] / "models", "output_dir": tmp_path / "eval", "num_workers": 0},
+    )
     rows = read_table(tmp_path / "eval" / "val_mean_dice_per_case.csv")
     assert rows[0]["case"] == "abdomen.nii.gz"
     assert rows[0]["esophagus"] == ""  # absent from this scan: no Dice, not a zero

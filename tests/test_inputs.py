@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.inputs import InputError, check_case, checked_datalist
+from scripts.errors import InputError
+from scripts.inputs import check_case, checked_datalist
 
 
 def write(path, array, affine=None):

@@ -28,7 +28,9 @@ def test_hd95_uses_voxel_spacing_of_the_label_affine():
 def test_organ_tables_have_named_columns_means_and_blank_for_absent_organs(tmp_path):
     writer = OrganMetricsWriter(str(tmp_path), ["dice"], ["background", "liver", "spleen"])
     writer._files = ["a.nii.gz", "b.nii.gz"]
-    engine = SimpleNamespace(state=SimpleNamespace(metric_details={"dice": torch.tensor([[0.8, float("nan")], [0.6, 0.4]])}))
+    engine = SimpleNamespace(
+        state=SimpleNamespace(metric_details={"dice": torch.tensor([[0.8, float("nan")], [0.6, 0.4]])})
+    )
     means = writer.write(engine)
     rows = list(csv.reader(open(tmp_path / "dice_per_case.csv")))
     assert rows[0] == ["case", "liver", "spleen", "mean"]

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.phantoms import BTCV_LABELS, generate_phantom, write_phantoms
+from scripts.tools.phantoms import BTCV_LABELS, generate_phantom, write_phantoms
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,10 @@ to fine-tuning."""
 
 import csv
 
-import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from conftest import REAL_CT, ROOT, bundle_run, configs
+from conftest import ROOT, bundle_run, configs
 
 # A short run must lower these losses (mean of the first vs the last LOSS_WINDOW logged iterations).
 LOSS_WINDOW = 5
@@ -24,7 +23,10 @@ def test_short_pretraining_learns_the_proxy_tasks(pretrained):
     rows = read_losses(pretrained["dir"] / "runs" / "losses.csv")
     assert [int(r["iteration"]) for r in rows] == list(range(1, pretrained["iterations"] + 1))
     first, last = rows[:LOSS_WINDOW], rows[-LOSS_WINDOW:]
-    mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)
+
+    def mean(rs, key):
+        return sum(r[key] for r in rs) / len(rs)
+
     assert mean(first, "total") - mean(last, "total") > TOTAL_MARGIN
     assert mean(first, "reconstruction") - mean(last, "reconstruction") > RECONSTRUCTION_MARGIN
     metrics = pretrained["metrics"]
@@ -40,9 +42,17 @@ def test_pretraining_skips_the_broken_volumes_and_lists_them(pretrained):
 
 
 def test_pretraining_stops_before_training_when_too_many_volumes_are_broken(pretrained, phantoms, tmp_path):
-    proc = bundle_run(["pretrain.json", "small_pretrain.json"], {
-        "dataset_dir": phantoms, "train_sources": pretrained["sources"], "output_dir": tmp_path / "runs",
-        "ckpt_dir": tmp_path / "models", "max_skipped_fraction": 0.1}, check=False)
+    proc = bundle_run(
+        ["pretrain.json", "small_pretrain.json"],
+        {
+            "dataset_dir": phantoms,
+            "train_sources": pretrained["sources"],
+            "output_dir": tmp_path / "runs",
+            "ckpt_dir": tmp_path / "models",
+            "max_skipped_fraction": 0.1,
+        },
+        check=False,
+    )
     assert proc.returncode != 0
     assert "pre-training volumes are unusable (more than max_skipped_fraction=0.1 of the list)" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -67,10 +77,17 @@ def test_fine_tuning_from_the_pretrained_encoder_loads_every_encoder_tensor(pret
 
     encoder = pretrained["dir"] / "models" / "ssl_encoder.pt"
     count = len(torch.load(encoder, map_location="cpu", weights_only=True))
-    wf = ConfigWorkflow(config_file=configs("train.json", "small.json"), workflow_type="train", logging_file=False,
-                        bundle_root=str(ROOT), dataset_dir=str(phantoms), output_dir=str(tmp_path / "runs"),
-                        ckpt_dir=str(tmp_path / "models"), pretrained_encoder=str(encoder))
-    with caplog.at_level("INFO", logger="scripts.weights"):
+    wf = ConfigWorkflow(
+        config_file=configs("train.json", "small.json"),
+        workflow_type="train",
+        logging_file=False,
+        bundle_root=str(ROOT),
+        dataset_dir=str(phantoms),
+        output_dir=str(tmp_path / "runs"),
+        ckpt_dir=str(tmp_path / "models"),
+        pretrained_encoder=str(encoder),
+    )
+    with caplog.at_level("INFO", logger="scripts.weights.loading"):
         wf.initialize()  # loading the encoder is part of the workflow's initialisation
     assert f"loaded {count} of {count} encoder tensors from {encoder}" in caplog.text
     network = wf.parser.get_parsed_content("network")
@@ -85,12 +102,22 @@ def final_weights(run_dir):
 
 def test_resumed_pretraining_ends_with_the_same_weights_as_an_uninterrupted_run(phantoms, tmp_path):
     k = 2
-    common = {"dataset_dir": phantoms, "max_iterations": 2 * k, "ckpt_interval": k, "val_interval": k,
-              "image_interval": k, "batch_size": 1, "num_samples": 1, "ckpt_dir": tmp_path / "models"}
+    common = {
+        "dataset_dir": phantoms,
+        "max_iterations": 2 * k,
+        "ckpt_interval": k,
+        "val_interval": k,
+        "image_interval": k,
+        "batch_size": 1,
+        "num_samples": 1,
+        "ckpt_dir": tmp_path / "models",
+    }
     bundle_run(["pretrain.json", "small_pretrain.json"], {**common, "output_dir": tmp_path / "straight"})
     # stop after k iterations (one epoch of k), then resume with the unchanged run length
-    bundle_run(["pretrain.json", "small_pretrain.json"],
-               {**common, "output_dir": tmp_path / "resumed", "train#trainer#max_epochs": 1})
+    bundle_run(
+        ["pretrain.json", "small_pretrain.json"],
+        {**common, "output_dir": tmp_path / "resumed", "train#trainer#max_epochs": 1},
+    )
     bundle_run(["pretrain.json", "small_pretrain.json"], {**common, "output_dir": tmp_path / "resumed", "resume": True})
     straight, straight_iterations = final_weights(tmp_path / "straight")
     resumed, resumed_iterations = final_weights(tmp_path / "resumed")

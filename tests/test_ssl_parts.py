@@ -6,9 +6,9 @@ from monai.losses import ContrastiveLoss
 from monai.networks.nets import SwinUNETR
 from monai.utils import set_determinism
 
-from scripts.proxy_tasks import mask, rotate
-from scripts.ssl_head import SSLHead
-from scripts.ssl_loss import SSLLoss
+from scripts.ssl.loss import SSLLoss
+from scripts.ssl.network import SSLHead
+from scripts.ssl.proxy_tasks import mask, rotate
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +62,9 @@ def test_masking_is_reproducible_under_set_determinism():
 def test_contrastive_term_equals_monai_contrastive_loss():
     p1, p2 = torch.randn(4, 32), torch.randn(4, 32)
     loss = SSLLoss(temperature=0.5)
-    terms = loss(torch.randn(8, 4), torch.randint(0, 4, (8,)), p1, p2, torch.rand(8, 1, 4, 4, 4), torch.rand(8, 1, 4, 4, 4))
+    terms = loss(
+        torch.randn(8, 4), torch.randint(0, 4, (8,)), p1, p2, torch.rand(8, 1, 4, 4, 4), torch.rand(8, 1, 4, 4, 4)
+    )
     assert torch.allclose(terms["contrastive"], ContrastiveLoss(temperature=0.5)(p1, p2))
     assert torch.allclose(terms["total"], terms["rotation"] + terms["contrastive"] + terms["reconstruction"])
 
@@ -77,5 +79,7 @@ def test_ssl_network_output_shapes(feature_size, size):
 
 def test_encoder_keys_equal_swin_unetr_encoder_keys():
     ssl = {k for k in SSLHead(feature_size=12).state_dict() if k.startswith("swinViT.")}
-    unetr = {k for k in SwinUNETR(in_channels=1, out_channels=14, feature_size=12).state_dict() if k.startswith("swinViT.")}
+    unetr = {
+        k for k in SwinUNETR(in_channels=1, out_channels=14, feature_size=12).state_dict() if k.startswith("swinViT.")
+    }
     assert ssl == unetr

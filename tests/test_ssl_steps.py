@@ -10,10 +10,11 @@ import torch
 from monai.utils import set_determinism
 from torch import nn
 
-from scripts.inputs import InputError
-from scripts.ssl_data import image_list, usable_images
-from scripts.ssl_loss import SSLLoss
-from scripts.ssl_steps import CropAverage, SSLEvalStep, SSLTrainStep, make_views
+from scripts.errors import InputError
+from scripts.ssl.data import image_list, usable_images
+from scripts.ssl.loss import SSLLoss
+from scripts.ssl.steps import CropAverage, SSLEvalStep, SSLTrainStep
+from scripts.ssl.views import make_views
 
 
 @pytest.fixture(autouse=True)
@@ -40,9 +41,14 @@ class TinySSL(nn.Module):
 
 
 def engine(network, scaler=None, lr=1.0):
-    return SimpleNamespace(network=network, optimizer=torch.optim.SGD(network.parameters(), lr=lr),
-                           loss_function=SSLLoss(), scaler=scaler, amp=scaler is not None,
-                           state=SimpleNamespace(device=torch.device("cpu"), iteration=3))
+    return SimpleNamespace(
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=lr),
+        loss_function=SSLLoss(),
+        scaler=scaler,
+        amp=scaler is not None,
+        state=SimpleNamespace(device=torch.device("cpu"), iteration=3),
+    )
 
 
 def test_views_are_rotated_crops_masked_independently():
@@ -108,13 +114,20 @@ def write_nifti(path):
 def test_image_list_merges_datalists_and_globs_once_each(tmp_path):
     for name in ("a", "b", "c"):
         write_nifti(tmp_path / f"{name}.nii.gz")
-    (tmp_path / "list.json").write_text(json.dumps({
-        "training": [{"image": "a.nii.gz", "label": "ignored.nii.gz"}, {"image": "b.nii.gz"}],
-        "validation": [{"image": "c.nii.gz"}]}))
+    (tmp_path / "list.json").write_text(
+        json.dumps(
+            {
+                "training": [{"image": "a.nii.gz", "label": "ignored.nii.gz"}, {"image": "b.nii.gz"}],
+                "validation": [{"image": "c.nii.gz"}],
+            }
+        )
+    )
     items = image_list([str(tmp_path / "list.json"), str(tmp_path / "*.nii.gz")], "training")
     assert [i["image"] for i in items] == [str(tmp_path / f"{n}.nii.gz") for n in "abc"]
     assert all(set(i) == {"image"} for i in items)  # labels are not used
-    assert image_list({"datalist": str(tmp_path / "list.json"), "key": "validation"}) == [{"image": str(tmp_path / "c.nii.gz")}]
+    assert image_list({"datalist": str(tmp_path / "list.json"), "key": "validation"}) == [
+        {"image": str(tmp_path / "c.nii.gz")}
+    ]
 
 
 def test_image_list_names_the_source_with_a_missing_file_or_no_images(tmp_path):
@@ -169,6 +182,8 @@ def test_unusable_volumes_are_skipped_with_a_running_count_and_listed(tmp_path, 
 def test_too_many_unusable_volumes_stop_the_run_at_once(tmp_path):
     write_nifti(tmp_path / "ct.nii.gz")
     items = [{"image": p} for p in write_broken(tmp_path, 2) + [str(tmp_path / "ct.nii.gz")] * 7]
-    with pytest.raises(InputError, match=r"2 of 9 pre-training volumes are unusable \(more than max_skipped_fraction=0.2"):
+    with pytest.raises(
+        InputError, match=r"2 of 9 pre-training volumes are unusable \(more than max_skipped_fraction=0.2"
+    ):
         usable_images(items, max_skipped_fraction=0.2)
     assert len(usable_images(items, max_skipped_fraction=0.25)) == 7

@@ -27,7 +27,10 @@ def mean_dice_on(network, items) -> float:
         for item in items:
             data = preprocessing(item)
             pred = inferer(data["image"][None], network).argmax(1)
-            onehot = lambda x: torch.nn.functional.one_hot(x.long(), 14).permute(0, 4, 1, 2, 3)
+
+            def onehot(x):
+                return torch.nn.functional.one_hot(x.long(), 14).permute(0, 4, 1, 2, 3)
+
             metric(onehot(pred), onehot(data["label"][None, 0]))
     return float(metric.aggregate())
 
@@ -69,10 +72,19 @@ def test_resume_continues_from_last_checkpoint(trained, phantoms, tmp_path):
     (runs / "checkpoints" / f"checkpoint_epoch={TRAIN_EPOCHS}.pt").unlink()
     assert (runs / "checkpoints" / f"checkpoint_epoch={TRAIN_EPOCHS - 1}.pt").exists()
 
-    wf = ConfigWorkflow(config_file=configs("train.json", "small.json"), workflow_type="train",
-                        bundle_root=str(ROOT), dataset_dir=str(phantoms), output_dir=str(runs),
-                        ckpt_dir=str(tmp_path / "models"), max_epochs=TRAIN_EPOCHS, val_interval=TRAIN_EPOCHS,
-                        ckpt_interval=1, resume=True, **FAST)
+    wf = ConfigWorkflow(
+        config_file=configs("train.json", "small.json"),
+        workflow_type="train",
+        bundle_root=str(ROOT),
+        dataset_dir=str(phantoms),
+        output_dir=str(runs),
+        ckpt_dir=str(tmp_path / "models"),
+        max_epochs=TRAIN_EPOCHS,
+        val_interval=TRAIN_EPOCHS,
+        ckpt_interval=1,
+        resume=True,
+        **FAST,
+    )
     wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")
     seen = []
@@ -85,7 +97,7 @@ def test_resume_continues_from_last_checkpoint(trained, phantoms, tmp_path):
 
 
 def test_resume_without_checkpoint_starts_fresh_with_warning(tmp_path, caplog):
-    from scripts.checkpoints import latest
+    from scripts.training.checkpoints import latest
 
     assert latest(str(tmp_path)) is None
     assert "no checkpoint" in caplog.text

@@ -7,15 +7,22 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
+from scripts.training.checkpoints import AtomicCheckpointSaver
+from scripts.training.guards import NonFiniteLossError, StopOnNonFiniteLoss
+
 from conftest import bundle_run
-from scripts.training_guards import AtomicCheckpointSaver, NonFiniteLossError, StopOnNonFiniteLoss
 
 
 @pytest.mark.parametrize("decollated", [False, True])
 def test_a_non_finite_loss_stops_the_run_naming_the_iteration(decollated):
     losses = [1.0, 0.5, float("nan"), 0.2]
-    output = lambda it: {"loss": torch.tensor(losses[it - 1])}
-    trainer = Engine(lambda engine, batch: [output(engine.state.iteration)] * 2 if decollated else output(engine.state.iteration))
+
+    def output(it):
+        return {"loss": torch.tensor(losses[it - 1])}
+
+    trainer = Engine(
+        lambda engine, batch: [output(engine.state.iteration)] * 2 if decollated else output(engine.state.iteration)
+    )
     StopOnNonFiniteLoss().attach(trainer)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at iteration 3"):
         trainer.run(range(4), max_epochs=1)
@@ -25,8 +32,9 @@ def test_a_non_finite_loss_stops_the_run_naming_the_iteration(decollated):
 def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_and_no_partial_file(tmp_path, monkeypatch):
     model = torch.nn.Linear(2, 2)
     trainer = Engine(lambda engine, batch: None)
-    AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": model}, save_interval=1, epoch_level=True,
-                          n_saved=2).attach(trainer)
+    AtomicCheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"model": model}, save_interval=1, epoch_level=True, n_saved=2
+    ).attach(trainer)
     real_save = torch.save
 
     def dies_halfway(obj, f, *args, **kwargs):
@@ -48,12 +56,25 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_and_no_p
 
 def test_pretraining_on_a_corrupt_batch_stops_with_an_error_and_keeps_finite_checkpoints(phantoms, tmp_path):
     # from the third training crop on, every batch turns to NaN after loading (the input checks only see the files)
-    corrupt = ("$monai.transforms.Lambdad('image', lambda x, seen=__import__('itertools').count(): "
-               "x * float('nan') if next(seen) >= 2 else x)")
-    proc = bundle_run(["pretrain.json", "small_pretrain.json"], {
-        "dataset_dir": phantoms, "output_dir": tmp_path / "runs", "ckpt_dir": tmp_path / "models", "max_iterations": 4,
-        "ckpt_interval": 2, "val_interval": 2, "image_interval": 2, "num_samples": 1,
-        "train#random_transforms#1": corrupt}, check=False)
+    corrupt = (
+        "$monai.transforms.Lambdad('image', lambda x, seen=__import__('itertools').count(): "
+        "x * float('nan') if next(seen) >= 2 else x)"
+    )
+    proc = bundle_run(
+        ["pretrain.json", "small_pretrain.json"],
+        {
+            "dataset_dir": phantoms,
+            "output_dir": tmp_path / "runs",
+            "ckpt_dir": tmp_path / "models",
+            "max_iterations": 4,
+            "ckpt_interval": 2,
+            "val_interval": 2,
+            "image_interval": 2,
+            "num_samples": 1,
+            "train#random_transforms#1": corrupt,
+        },
+        check=False,
+    )
     assert proc.returncode != 0
     assert "ERROR: non-finite loss (nan) at iteration 3" in proc.stderr
     checkpoints = sorted((tmp_path / "runs" / "checkpoints").glob("checkpoint*.pt"))
@@ -62,8 +83,13 @@ def test_pretraining_on_a_corrupt_batch_stops_with_an_error_and_keeps_finite_che
         model = torch.load(path, map_location="cpu", weights_only=True)["model"]
         assert all(torch.isfinite(v).all() for v in model.values()), path.name
         assert torch.load(path, map_location="cpu", weights_only=True)["trainer"]["iteration"] == 2
-    assert math.isfinite(float(torch.load(tmp_path / "models" / "ssl_encoder.pt", weights_only=True)[
-        "swinViT.patch_embed.proj.weight"].sum()))
+    assert math.isfinite(
+        float(
+            torch.load(tmp_path / "models" / "ssl_encoder.pt", weights_only=True)[
+                "swinViT.patch_embed.proj.weight"
+            ].sum()
+        )
+    )
 
 
 # Runs a training workflow in a child process; when KILL_IN_WRITE is set, the child stops for good in the middle
@@ -96,8 +122,13 @@ def run_and_kill(tmp_path, config_names, overrides, until, kill_in_write=False):
     marker = tmp_path / "in_write"
     marker.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **({"KILL_IN_WRITE": "1"} if kill_in_write else {})}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(marker), repr(configs(*config_names)),
-                              repr(overrides)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(marker), repr(configs(*config_names)), repr(overrides)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not until(marker) and child.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -107,21 +138,37 @@ def run_and_kill(tmp_path, config_names, overrides, until, kill_in_write=False):
 
 def test_pretraining_killed_at_any_moment_resumes_to_the_right_iteration(phantoms, tmp_path):
     runs = tmp_path / "runs"
-    overrides = {"dataset_dir": str(phantoms), "output_dir": str(runs), "ckpt_dir": str(tmp_path / "models"),
-                 "max_iterations": 2, "ckpt_interval": 1, "val_interval": 2, "image_interval": 2, "num_samples": 1}
+    overrides = {
+        "dataset_dir": str(phantoms),
+        "output_dir": str(runs),
+        "ckpt_dir": str(tmp_path / "models"),
+        "max_iterations": 2,
+        "ckpt_interval": 1,
+        "val_interval": 2,
+        "image_interval": 2,
+        "num_samples": 1,
+    }
     final = kill_twice_and_resume(tmp_path, ["pretrain.json", "small_pretrain.json"], overrides)
     assert final["trainer"]["iteration"] == 2
     assert set(torch.load(tmp_path / "models" / "ssl_encoder.pt", weights_only=True)) == {
-        k for k in final["model"] if k.startswith("swinViT.")}
+        k for k in final["model"] if k.startswith("swinViT.")
+    }
 
 
 def test_fine_tuning_killed_at_any_moment_resumes_to_the_right_iteration(phantoms, tmp_path):
     data = json.loads((phantoms / "dataset.json").read_text())
     data["training"] = data["training"][:1]
     (tmp_path / "dataset.json").write_text(json.dumps(data))
-    overrides = {"dataset_dir": str(phantoms), "datalist": str(tmp_path / "dataset.json"), "output_dir": str(tmp_path / "runs"),
-                 "ckpt_dir": str(tmp_path / "models"), "max_epochs": 2, "ckpt_interval": 1, "val_interval": 2,
-                 "num_workers": 0}
+    overrides = {
+        "dataset_dir": str(phantoms),
+        "datalist": str(tmp_path / "dataset.json"),
+        "output_dir": str(tmp_path / "runs"),
+        "ckpt_dir": str(tmp_path / "models"),
+        "max_epochs": 2,
+        "ckpt_interval": 1,
+        "val_interval": 2,
+        "num_workers": 0,
+    }
     final = kill_twice_and_resume(tmp_path, ["train.json", "small.json"], overrides)
     assert final["trainer"]["iteration"] == 2  # 2 epochs of 1 training phantom
     best = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)

@@ -1,19 +1,18 @@
 """Pre-trained weights: every known layout loads completely (or fails with the names), legacy patch
 merging reproduces the old order, conversion round-trips exactly, pickled code is refused."""
 
-import itertools
 import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import PatchMerging, PatchMergingV2
 
-from scripts.convert_weights import to_bundle, to_research
-from scripts.legacy_merging import LegacyPatchMerging
-from scripts.ssl_head import SSLHead
-from scripts.weights import load_encoder, load_pretrained, patch_merging, read_checkpoint
+from scripts.ssl.network import SSLHead
+from scripts.weights.conversion import to_bundle, to_research
+from scripts.weights.formats import read_checkpoint
+from scripts.weights.legacy_merging import LegacyPatchMerging
+from scripts.weights.loading import load_encoder, load_pretrained, patch_merging
 
 
 def small_net(seed, in_channels=1, **kwargs):
@@ -27,8 +26,10 @@ def encoder_of(state):
 
 def research_layout(encoder):
     """The paper's model_swinvit.pt layout, written independently of the code under test."""
-    out = {"module." + k[len("swinViT."):].replace("mlp.linear1", "mlp.fc1").replace("mlp.linear2", "mlp.fc2"): v
-           for k, v in encoder.items()}
+    out = {
+        "module." + k[len("swinViT.") :].replace("mlp.linear1", "mlp.fc1").replace("mlp.linear2", "mlp.fc2"): v
+        for k, v in encoder.items()
+    }
     out["module.norm.weight"], out["module.norm.bias"] = torch.ones(192), torch.zeros(192)
     return {"state_dict": out}
 
@@ -37,7 +38,7 @@ def monai_ssl_layout(encoder):
     """MONAI's ssl_pretrained_weights.pth layout: encoder.* keys with an extra level under layersN.0."""
     out = {}
     for k, v in encoder.items():
-        rest = k[len("swinViT."):]
+        rest = k[len("swinViT.") :]
         out["encoder." + (rest if rest.startswith("patch_embed") else rest[:10] + "0." + rest[10:])] = v
     out["encoder.mask_token"], out["out.conv.conv.weight"] = torch.zeros(1, 1, 12), torch.zeros(1, 12, 1, 1, 1)
     return {"model": out}
@@ -47,8 +48,11 @@ SOURCE = small_net(1).state_dict()
 ENCODER = encoder_of(SOURCE)
 LAYOUTS = {
     "bundle encoder file": ENCODER,
-    "pre-training checkpoint": {"model": {**ENCODER, "rotation_head.weight": torch.zeros(4, 192)},
-                                "optimizer": {"state": {}, "param_groups": []}, "trainer": {"iteration": 5}},
+    "pre-training checkpoint": {
+        "model": {**ENCODER, "rotation_head.weight": torch.zeros(4, 192)},
+        "optimizer": {"state": {}, "param_groups": []},
+        "trainer": {"iteration": 5},
+    },
     "DDP checkpoint with module. prefixes": {"state_dict": {"module." + k: v for k, v in SOURCE.items()}},
     "research model_swinvit.pt": research_layout(ENCODER),
     "MONAI ssl_pretrained_weights.pth": monai_ssl_layout(ENCODER),
@@ -128,7 +132,11 @@ class OldOrderMerging(PatchMergingV2):
 
 def test_legacy_merging_reproduces_the_old_order_and_differs_from_the_current_one():
     torch.manual_seed(0)
-    legacy, old, current = LegacyPatchMerging(dim=6, spatial_dims=3), OldOrderMerging(dim=6, spatial_dims=3), PatchMerging(dim=6, spatial_dims=3)
+    legacy, old, current = (
+        LegacyPatchMerging(dim=6, spatial_dims=3),
+        OldOrderMerging(dim=6, spatial_dims=3),
+        PatchMerging(dim=6, spatial_dims=3),
+    )
     old.load_state_dict(legacy.state_dict())
     current.load_state_dict(legacy.state_dict())
     x = torch.rand(2, 4, 6, 8, 6)
@@ -166,7 +174,10 @@ def test_conversion_to_research_and_back_is_exact_and_readable_by_load_from(tmp_
     torch.save({k: v for k, v in ssl.state_dict().items() if k.startswith("swinViT.")}, tmp_path / "enc.pt")
     to_research(str(tmp_path / "enc.pt"), str(tmp_path / "research.pt"))
     to_bundle(str(tmp_path / "research.pt"), str(tmp_path / "back.pt"))
-    original, back = torch.load(tmp_path / "enc.pt", weights_only=True), torch.load(tmp_path / "back.pt", weights_only=True)
+    original, back = (
+        torch.load(tmp_path / "enc.pt", weights_only=True),
+        torch.load(tmp_path / "back.pt", weights_only=True),
+    )
     assert set(original) == set(back) and all(torch.equal(original[k], back[k]) for k in original)
     net = small_net(5)
     net.load_from(torch.load(tmp_path / "research.pt", weights_only=True))
@@ -200,8 +211,14 @@ def test_training_configs_load_research_weights_with_legacy_merging(names, tmp_p
     torch.save(research_layout(ENCODER), tmp_path / "model_swinvit.pt")
     parser = ConfigParser()
     parser.read_config(configs(*names))
-    parser.update({"bundle_root": str(ROOT), "dataset_dir": str(phantoms), "device": "$torch.device('cpu')",
-                   "pretrained_encoder": str(tmp_path / "model_swinvit.pt")})
+    parser.update(
+        {
+            "bundle_root": str(ROOT),
+            "dataset_dir": str(phantoms),
+            "device": "$torch.device('cpu')",
+            "pretrained_encoder": str(tmp_path / "model_swinvit.pt"),
+        }
+    )
     parser.get_parsed_content("initialize")
     net = parser.get_parsed_content("network")
     assert isinstance(net.swinViT.layers1[0].downsample, LegacyPatchMerging)
@@ -213,8 +230,10 @@ def test_inference_runs_a_research_btcv_checkpoint(tmp_path, phantoms):
 
     (tmp_path / "models").mkdir()
     torch.save(LAYOUTS["research BTCV checkpoint"], tmp_path / "models" / "model.pt")
-    proc = bundle_run(["inference.json", "small.json"], {"dataset_dir": phantoms / "imagesTs", "ckpt_dir": tmp_path / "models",
-                                                        "output_dir": tmp_path / "out"})
+    proc = bundle_run(
+        ["inference.json", "small.json"],
+        {"dataset_dir": phantoms / "imagesTs", "ckpt_dir": tmp_path / "models", "output_dir": tmp_path / "out"},
+    )
     assert f"loaded {len(SOURCE)} of {len(SOURCE)} network tensors" in proc.stdout + proc.stderr
     assert "(research_btcv)" in proc.stdout + proc.stderr and "pre-1.5 3-D patch merging" in proc.stdout + proc.stderr
     assert len(list((tmp_path / "out").glob("*_seg.nii.gz"))) == 1

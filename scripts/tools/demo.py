@@ -8,7 +8,7 @@ under ``out_dir``: ``report.md``, ``slices.png`` (image / ground truth / predict
 phantom), ``pretrain.png`` (inpainting at the last pre-training iteration) and the outputs of each
 step (``pretrain/``, ``train/``, ``eval/``, ``inference/``).
 
-    python -m scripts.demo --out_dir runs/demo
+    python -m scripts.tools.demo --out_dir runs/demo
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import fire
 import nibabel as nib
 import numpy as np
 
-from scripts.phantoms import BTCV_LABELS, write_phantoms
+from scripts.tools.phantoms import BTCV_LABELS, write_phantoms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORGANS = [BTCV_LABELS[i] for i in range(1, 14)]
@@ -56,7 +56,10 @@ def _loss_summary(path: str, window: int = 3) -> tuple[dict, dict]:
     """Mean loss terms over the first and the last ``window`` logged pre-training iterations."""
     with open(path) as f:
         rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    mean = lambda rs: {k: sum(r[k] for r in rs) / len(rs) for k in ("rotation", "contrastive", "reconstruction", "total")}
+
+    def mean(rs):
+        return {k: sum(r[k] for r in rs) / len(rs) for k in ("rotation", "contrastive", "reconstruction", "total")}
+
     return mean(rows[:window]), mean(rows[-window:])
 
 
@@ -78,21 +81,42 @@ def _slices_png(image_path: str, label_path: str, pred_path: str, out_path: str)
     pred, _ = ras(pred_path)
     colors = matplotlib.colormaps["tab20"](np.linspace(0, 1, 20))[:13]
     cmap = ListedColormap(np.vstack([[0, 0, 0, 0], colors]))
-    z_of = lambda lbl: int(np.median(np.nonzero(truth == lbl)[2])) if (truth == lbl).any() else truth.shape[2] // 2
-    views = [("axial, kidneys", "z", z_of(2)), ("axial, pancreas", "z", z_of(11)), ("axial, liver", "z", z_of(6)),
-             ("coronal, aorta", "y", int(np.median(np.nonzero(truth == 8)[1])) if (truth == 8).any() else truth.shape[1] // 2)]
+
+    def z_of(lbl):
+        return int(np.median(np.nonzero(truth == lbl)[2])) if (truth == lbl).any() else truth.shape[2] // 2
+
+    views = [
+        ("axial, kidneys", "z", z_of(2)),
+        ("axial, pancreas", "z", z_of(11)),
+        ("axial, liver", "z", z_of(6)),
+        (
+            "coronal, aorta",
+            "y",
+            int(np.median(np.nonzero(truth == 8)[1])) if (truth == 8).any() else truth.shape[1] // 2,
+        ),
+    ]
     fig, axes = plt.subplots(len(views), 3, figsize=(12, 4 * len(views)))
     for row, (title, axis, index) in enumerate(views):
         # radiological convention: the patient's right on the left of the picture
-        take = (lambda v: v[::-1, :, index].T) if axis == "z" else (lambda v: v[::-1, index, :].T)
+        def take(v, axis=axis, index=index):
+            return v[::-1, :, index].T if axis == "z" else v[::-1, index, :].T
+
         aspect = zooms[1] / zooms[0] if axis == "z" else zooms[2] / zooms[0]
         ct_window = np.clip(take(ct), -175, 250)
         for col, (name, overlay) in enumerate((("CT", None), ("ground truth", truth), ("prediction", pred))):
             ax = axes[row, col]
             ax.imshow(ct_window, cmap="gray", origin="lower", aspect=aspect)
             if overlay is not None:
-                ax.imshow(take(overlay), cmap=cmap, vmin=0, vmax=13, alpha=0.55, origin="lower", aspect=aspect,
-                          interpolation="nearest")
+                ax.imshow(
+                    take(overlay),
+                    cmap=cmap,
+                    vmin=0,
+                    vmax=13,
+                    alpha=0.55,
+                    origin="lower",
+                    aspect=aspect,
+                    interpolation="nearest",
+                )
             ax.set_title(f"{name} ({title})")
             ax.axis("off")
     handles = [Patch(color=colors[i], label=f"{i + 1} {ORGANS[i]}") for i in range(13)]
@@ -102,9 +126,16 @@ def _slices_png(image_path: str, label_path: str, pred_path: str, out_path: str)
     plt.close(fig)
 
 
-def main(out_dir: str = "runs/demo", data_dir: str = "data/phantoms", num_train: int = 16, num_val: int = 4,
-         pretrain_iterations: int = 24, max_epochs: int = 12, seed: int = 0,
-         real_ct_dir: str = os.path.join(os.path.dirname(ROOT), "shared", "data", "real_ct")):
+def run_demo(
+    out_dir: str = "runs/demo",
+    data_dir: str = "data/phantoms",
+    num_train: int = 16,
+    num_val: int = 4,
+    pretrain_iterations: int = 24,
+    max_epochs: int = 12,
+    seed: int = 0,
+    real_ct_dir: str = os.path.join(os.path.dirname(ROOT), "shared", "data", "real_ct"),
+):
     """Generate phantoms, pre-train and fine-tune a small Swin UNETR, evaluate on held-out phantoms, infer, report."""
     out_dir, data_dir = os.path.abspath(out_dir), os.path.abspath(data_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -120,30 +151,57 @@ def main(out_dir: str = "runs/demo", data_dir: str = "data/phantoms", num_train:
     else:
         print(f"(no unlabelled real CT at {real_ct_dir}: pre-training on the phantoms only)")
     interval = pretrain_iterations // 2
-    t_pretrain = _bundle_run(f"[2/5] self-supervised pre-training on {len(sources)} source(s) (feature_size 12, 64^3 crops)",
-                             ["pretrain.json", "small_pretrain.json"], output_dir=os.path.join(out_dir, "pretrain"),
-                             train_sources=sources, max_iterations=pretrain_iterations, ckpt_interval=interval,
-                             val_interval=interval, image_interval=interval, **common)
+    t_pretrain = _bundle_run(
+        f"[2/5] self-supervised pre-training on {len(sources)} source(s) (feature_size 12, 64^3 crops)",
+        ["pretrain.json", "small_pretrain.json"],
+        output_dir=os.path.join(out_dir, "pretrain"),
+        train_sources=sources,
+        max_iterations=pretrain_iterations,
+        ckpt_interval=interval,
+        val_interval=interval,
+        image_interval=interval,
+        **common,
+    )
     encoder = os.path.join(common["ckpt_dir"], "ssl_encoder.pt")
-    t_train = _bundle_run("[3/5] fine-tuning Swin UNETR from the pre-trained encoder",
-                          ["train.json", "small.json"], output_dir=os.path.join(out_dir, "train"),
-                          max_epochs=max_epochs, val_interval=max_epochs, pretrained_encoder=encoder, **common)
-    t_eval = _bundle_run("[4/5] evaluating on the held-out validation phantoms",
-                         ["train.json", "evaluate.json", "small.json"], output_dir=os.path.join(out_dir, "eval"), **common)
+    t_train = _bundle_run(
+        "[3/5] fine-tuning Swin UNETR from the pre-trained encoder",
+        ["train.json", "small.json"],
+        output_dir=os.path.join(out_dir, "train"),
+        max_epochs=max_epochs,
+        val_interval=max_epochs,
+        pretrained_encoder=encoder,
+        **common,
+    )
+    t_eval = _bundle_run(
+        "[4/5] evaluating on the held-out validation phantoms",
+        ["train.json", "evaluate.json", "small.json"],
+        output_dir=os.path.join(out_dir, "eval"),
+        **common,
+    )
     test_case = json.load(open(datalist))["test"][0]
-    t_infer = _bundle_run("[5/5] inference on a held-out phantom", ["inference.json", "small.json"],
-                          dataset_dir=os.path.join(data_dir, os.path.dirname(test_case["image"])),
-                          output_dir=os.path.join(out_dir, "inference"), ckpt_dir=common["ckpt_dir"])
+    t_infer = _bundle_run(
+        "[5/5] inference on a held-out phantom",
+        ["inference.json", "small.json"],
+        dataset_dir=os.path.join(data_dir, os.path.dirname(test_case["image"])),
+        output_dir=os.path.join(out_dir, "inference"),
+        ckpt_dir=common["ckpt_dir"],
+    )
 
     dice = _read_means(os.path.join(out_dir, "eval", "val_mean_dice_per_case.csv"))
     hd95 = _read_means(os.path.join(out_dir, "eval", "val_hd95_mm_per_case.csv"))
     name = os.path.basename(test_case["image"]).replace(".nii.gz", "")
     png = os.path.join(out_dir, "slices.png")
-    _slices_png(os.path.join(data_dir, test_case["image"]), os.path.join(data_dir, test_case["label"]),
-                os.path.join(out_dir, "inference", f"{name}_seg.nii.gz"), png)
+    _slices_png(
+        os.path.join(data_dir, test_case["image"]),
+        os.path.join(data_dir, test_case["label"]),
+        os.path.join(out_dir, "inference", f"{name}_seg.nii.gz"),
+        png,
+    )
 
-    shutil.copy(os.path.join(out_dir, "pretrain", "images", f"iteration_{pretrain_iterations:07d}.png"),
-                os.path.join(out_dir, "pretrain.png"))
+    shutil.copy(
+        os.path.join(out_dir, "pretrain", "images", f"iteration_{pretrain_iterations:07d}.png"),
+        os.path.join(out_dir, "pretrain.png"),
+    )
     start_losses, end_losses = _loss_summary(os.path.join(out_dir, "pretrain", "losses.csv"))
     losses = ["| pre-training loss | first 3 iterations | last 3 iterations |", "|---|---|---|"]
     losses += [f"| {k} | {start_losses[k]:.3f} | {end_losses[k]:.3f} |" for k in start_losses]
@@ -175,4 +233,4 @@ def main(out_dir: str = "runs/demo", data_dir: str = "data/phantoms", num_train:
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(run_demo)

@@ -7,8 +7,8 @@ import logging
 
 from torch import nn
 
-from scripts.distributed import unwrap
-from scripts.weights import ENCODER_PREFIX
+from scripts.distributed import unwrap_model
+from scripts.weights.formats import ENCODER_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 def parameter_groups(network: nn.Module, learning_rate: float, encoder_lr_factor: float = 1.0) -> list[dict]:
     """Optimizer groups: encoder (``swinViT.*``) at ``learning_rate * encoder_lr_factor``, the rest at
     ``learning_rate``. Schedulers scale both groups by the same factor at every step."""
-    network = unwrap(network)
+    network = unwrap_model(network)
     encoder = [p for name, p in network.named_parameters() if name.startswith(ENCODER_PREFIX)]
     rest = [p for name, p in network.named_parameters() if not name.startswith(ENCODER_PREFIX)]
     return [{"params": encoder, "lr": learning_rate * encoder_lr_factor}, {"params": rest, "lr": learning_rate}]
@@ -30,7 +30,7 @@ class FreezeEncoder:
     """
 
     def __init__(self, network: nn.Module, iterations: int):
-        self.parameters = [p for name, p in unwrap(network).named_parameters() if name.startswith(ENCODER_PREFIX)]
+        self.parameters = [p for name, p in unwrap_model(network).named_parameters() if name.startswith(ENCODER_PREFIX)]
         if not self.parameters:
             raise ValueError("FreezeEncoder: the network has no swinViT.* parameters")
         self.iterations = iterations
@@ -48,6 +48,8 @@ class FreezeEncoder:
                 p.requires_grad_(not frozen)
                 if frozen:
                     p.grad = None
-            logger.info(f"iteration {engine.state.iteration}: encoder {'frozen' if frozen else 'training'}"
-                        f"{f' until iteration {self.iterations}' if frozen else ''}")
+            logger.info(
+                f"iteration {engine.state.iteration}: encoder {'frozen' if frozen else 'training'}"
+                f"{f' until iteration {self.iterations}' if frozen else ''}"
+            )
             self.frozen = frozen

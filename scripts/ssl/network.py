@@ -18,30 +18,46 @@ class SSLHead(nn.Module):
         token_choice: ``"paper"`` feeds bottleneck token 0 to the rotation head and token 1 to the
             contrastive head, as the reference; ``"pool"`` feeds both the mean over all tokens.
         use_checkpoint: gradient checkpointing in the encoder.
-        downsample: patch merging of the encoder, as in ``SwinUNETR`` (``scripts.weights.patch_merging``
+        downsample: patch merging of the encoder, as in ``SwinUNETR`` (``scripts.weights.loading.patch_merging``
             picks the legacy order for weights trained with it).
 
     Input ``(B, in_channels, H, W, D)`` with sides divisible by 32 and at least 64. Returns
     ``(rotation logits (B, 4), projection (B, proj_dim), reconstruction (B, in_channels, H, W, D))``.
     """
 
-    def __init__(self, in_channels: int = 1, feature_size: int = 48, proj_dim: int = 512,
-                 token_choice: str = "paper", use_checkpoint: bool = False, downsample="merging"):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        feature_size: int = 48,
+        proj_dim: int = 512,
+        token_choice: str = "paper",
+        use_checkpoint: bool = False,
+        downsample="merging",
+    ):
         super().__init__()
         if token_choice not in ("paper", "pool"):
             raise ValueError(f"token_choice must be 'paper' or 'pool', got {token_choice!r}")
         self.token_choice = token_choice
         # taking the encoder from SwinUNETR guarantees identical parameter names and defaults
-        self.swinViT = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size,
-                                 use_checkpoint=use_checkpoint, downsample=downsample).swinViT
+        self.swinViT = SwinUNETR(
+            in_channels=in_channels,
+            out_channels=1,
+            feature_size=feature_size,
+            use_checkpoint=use_checkpoint,
+            downsample=downsample,
+        ).swinViT
         dim = 16 * feature_size
         self.rotation_head = nn.Linear(dim, 4)
         self.contrastive_head = nn.Linear(dim, proj_dim)
         channels = [dim, dim // 2, dim // 4, dim // 8, dim // 16, dim // 16]
         stages: list[nn.Module] = []
         for c_in, c_out in zip(channels[:-1], channels[1:]):
-            stages += [nn.Conv3d(c_in, c_out, 3, padding=1), nn.InstanceNorm3d(c_out), nn.LeakyReLU(),
-                       nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)]
+            stages += [
+                nn.Conv3d(c_in, c_out, 3, padding=1),
+                nn.InstanceNorm3d(c_out),
+                nn.LeakyReLU(),
+                nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False),
+            ]
         stages.append(nn.Conv3d(channels[-1], in_channels, 1))
         self.reconstruction_head = nn.Sequential(*stages)
 
@@ -54,6 +70,8 @@ class SSLHead(nn.Module):
             rotation_token, contrastive_token = tokens[:, 0], tokens[:, 1]
         else:
             rotation_token = contrastive_token = tokens.mean(1)
-        return (self.rotation_head(rotation_token), self.contrastive_head(contrastive_token),
-                self.reconstruction_head(features))
-
+        return (
+            self.rotation_head(rotation_token),
+            self.contrastive_head(contrastive_token),
+            self.reconstruction_head(features),
+        )

@@ -1,7 +1,7 @@
 """Convert Swin encoder weights between this bundle's layout and the research ``model_swinvit.pt`` layout.
 
-    python -m scripts.convert_weights to_research models/ssl_encoder.pt models/model_swinvit_ours.pt
-    python -m scripts.convert_weights to_bundle models/model_swinvit.pt models/ssl_encoder_from_paper.pt
+    python -m scripts.tools.convert_weights to_research models/ssl_encoder.pt models/model_swinvit_ours.pt
+    python -m scripts.tools.convert_weights to_bundle models/model_swinvit.pt models/ssl_encoder_from_paper.pt
 
 ``to_research`` writes ``{"state_dict": {"module.<encoder key>": ...}}`` with MLPs named ``fc1`` /
 ``fc2``, which ``SwinUNETR.load_from`` and the research scripts read. ``to_bundle`` writes a flat
@@ -11,15 +11,14 @@ exact; the research file's final ``norm`` has no counterpart here and is dropped
 
 from __future__ import annotations
 
-import fire
 import torch
 
 from scripts.atomic_files import atomic_path
-from scripts.weights import ENCODER_PREFIX, detect_format, read_checkpoint, to_swinunetr_names, unwrap
+from scripts.weights.formats import ENCODER_PREFIX, detect_format, flat_tensors, read_checkpoint, to_swinunetr_names
 
 
 def _encoder(src: str) -> dict:
-    tensors = unwrap(read_checkpoint(src))
+    tensors = flat_tensors(read_checkpoint(src))
     named = to_swinunetr_names(tensors, detect_format(tensors))
     encoder = {k: v for k, v in named.items() if k.startswith(ENCODER_PREFIX)}
     if not encoder:
@@ -37,7 +36,7 @@ def to_research(src: str, dst: str) -> None:
     """Encoder of any supported file -> research ``model_swinvit.pt`` layout."""
     research = {}
     for key, value in _encoder(src).items():
-        key = key[len(ENCODER_PREFIX):].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
+        key = key[len(ENCODER_PREFIX) :].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
         research["module." + key] = value
     _save({"state_dict": research}, dst)
 
@@ -45,7 +44,3 @@ def to_research(src: str, dst: str) -> None:
 def to_bundle(src: str, dst: str) -> None:
     """Encoder of any supported file -> flat ``swinViT.*`` state_dict."""
     _save(_encoder(src), dst)
-
-
-if __name__ == "__main__":
-    fire.Fire({"to_research": to_research, "to_bundle": to_bundle})

@@ -1,7 +1,7 @@
 """Check a dataset in one pass before training: every problem of every file, with counts.
 
-    python -m scripts.check_data --datalist data/btcv/dataset_0.json --dataset_dir data/btcv --num_classes 14
-    python -m scripts.check_data --folder /data/new_scans
+    python -m scripts.tools.check_data --datalist data/btcv/dataset_0.json --dataset_dir data/btcv --num_classes 14
+    python -m scripts.tools.check_data --folder /data/new_scans
 
 Checks each image (and label, when listed) of the datalist's ``training``, ``validation`` and ``test``
 lists, or every NIfTI in a folder, as the workflows do: missing, empty, unreadable, corrupt or
@@ -18,7 +18,8 @@ import sys
 
 import fire
 
-from scripts.inputs import InputError, check_case, nifti_files
+from scripts.errors import InputError
+from scripts.inputs import check_case, nifti_files
 
 LISTS = ("training", "validation", "test")
 
@@ -58,9 +59,11 @@ def check(datalist: str = "", dataset_dir: str = "", folder: str = "", num_class
     return len(errors)
 
 
-def main(datalist: str = "", dataset_dir: str = "", folder: str = "", num_classes: int | None = None) -> None:
+def check_data_command(
+    datalist: str = "", dataset_dir: str = "", folder: str = "", num_classes: int | None = None
+) -> None:
     sys.exit(1 if check(datalist, dataset_dir, folder, num_classes) else 0)
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(check_data_command)

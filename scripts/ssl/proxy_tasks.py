@@ -23,7 +23,7 @@ def _random_boxes(shape, max_fraction: float, min_side: float, max_side: float):
     """Boxes (slices) at random positions until their summed volume reaches U(0, max_fraction) of ``shape``."""
     target = float(torch.rand(())) * max_fraction * float(torch.tensor(shape).prod())
     lo = [max(int(min_side * s), 1) for s in shape]
-    hi = [max(int(max_side * s), l + 1) for s, l in zip(shape, lo)]
+    hi = [max(int(max_side * s), low + 1) for s, low in zip(shape, lo)]
     boxes, covered = [], 0
     while covered < target:
         box = []
@@ -47,8 +47,9 @@ def mask(x: torch.Tensor, max_fraction: float = 0.3, min_side: float = 0.05, max
     batch and a fill map (B, H, W, D): 0 kept, 1 noise, 2 other crop.
     """
     if not 0 <= max_fraction <= 1 or not 0 < min_side < max_side <= 1:
-        raise ValueError(f"need 0 <= max_fraction <= 1 and 0 < min_side < max_side <= 1, got "
-                         f"{max_fraction}, {min_side}, {max_side}")
+        raise ValueError(
+            f"need 0 <= max_fraction <= 1 and 0 < min_side < max_side <= 1, got {max_fraction}, {min_side}, {max_side}"
+        )
     out, fill = x.clone(), torch.zeros((x.shape[0], *x.shape[2:]), dtype=torch.uint8, device=x.device)
     spatial = tuple(x.shape[2:])
     for i in range(x.shape[0]):

@@ -16,7 +16,8 @@ import torch
 
 from scripts.atomic_files import atomic_path
 from scripts.distributed import rank, world_size
-from scripts.inputs import InputError, check_case, nifti_files, read_datalist
+from scripts.errors import InputError
+from scripts.inputs import check_case, nifti_files, read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +81,16 @@ def _checked(items: list[dict], pool):
     if world_size() == 1:
         yield from pool.map(_problems, items)
         return
-    share = dict(zip(range(rank(), len(items), world_size()), pool.map(_problems, items[rank()::world_size()])))
+    share = dict(zip(range(rank(), len(items), world_size()), pool.map(_problems, items[rank() :: world_size()])))
     shares = [None] * world_size()
     torch.distributed.all_gather_object(shares, share)
     merged = {i: result for s in shares for i, result in s.items()}
     yield from (merged[i] for i in range(len(items)))
 
 
-def usable_images(items: list[dict], max_skipped_fraction: float = 0.05, num_threads: int = 4,
-                  report: str | None = None) -> list[dict]:
+def usable_images(
+    items: list[dict], max_skipped_fraction: float = 0.05, num_threads: int = 4, report: str | None = None
+) -> list[dict]:
     """The entries of ``items`` whose volume reads as one finite 3-D image; the others are skipped.
 
     Every volume is read in full (a truncated file only fails on decompression) by ``num_threads``
@@ -117,7 +119,7 @@ def usable_images(items: list[dict], max_skipped_fraction: float = 0.05, num_thr
                     raise InputError(
                         f"{len(skipped)} of {total} pre-training volumes are unusable (more than "
                         f"max_skipped_fraction={max_skipped_fraction:g} of the list), e.g. {error}. Check the data "
-                        f"(python -m scripts.check_data) or raise max_skipped_fraction"
+                        f"(python -m scripts.tools.check_data) or raise max_skipped_fraction"
                     )
             if speak and (i % progress_every == 0 or i == total):
                 logger.info(f"read {i} of {total} volumes, {len(skipped)} skipped")
@@ -127,6 +129,8 @@ def usable_images(items: list[dict], max_skipped_fraction: float = 0.05, num_thr
                 writer = csv.writer(f)
                 writer.writerow(["image", "problem"])
                 writer.writerows(skipped)
-        logger.warning(f"pre-training on {len(kept)} of {total} volumes: {len(skipped)} skipped"
-                       + (f", listed in {report}" if report else ""))
+        logger.warning(
+            f"pre-training on {len(kept)} of {total} volumes: {len(skipped)} skipped"
+            + (f", listed in {report}" if report else "")
+        )
     return kept

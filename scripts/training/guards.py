@@ -1,7 +1,5 @@
-"""Guards for long runs: stop on a non-finite loss, and write checkpoints atomically.
-
-A run that turns NaN must stop with a non-zero exit and leave the last good checkpoint as it was;
-a run killed at any moment (even while writing a checkpoint) must leave only complete files.
+"""Guard for long runs: a run whose loss turns NaN or infinite stops with a non-zero exit, and the last good
+checkpoint stays as it was (``scripts.training.checkpoints.AtomicCheckpointSaver`` saves nothing more).
 """
 
 from __future__ import annotations
@@ -9,9 +7,8 @@ from __future__ import annotations
 import math
 
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointSaver
 
-from scripts.inputs import ReportedError
+from scripts.errors import ReportedError
 
 
 class NonFiniteLossError(ReportedError, RuntimeError):
@@ -42,24 +39,3 @@ class StopOnNonFiniteLoss:
                 f"training stopped without saving; the last checkpoint holds the last finite weights. "
                 f"Lower the learning rate or check the data of this iteration."
             )
-
-
-class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` with atomic writes (temporary file in the same folder, then rename),
-    and no final checkpoint after a non-finite loss.
-
-    MONAI turns ignite's atomic writes off only to keep files group-readable, which ignite 0.5 now
-    restores itself; a kill during a write then leaves the previous checkpoint and a stray temporary
-    file, never a truncated ``checkpoint*.pt``.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is not None:
-                checkpoint.save_handler._atomic = True
-
-    def exception_raised(self, engine: Engine, e: Exception) -> None:
-        if isinstance(e, NonFiniteLossError):
-            raise e  # the weights are not finite: keep the last checkpoint as it is
-        super().exception_raised(engine, e)

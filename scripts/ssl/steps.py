@@ -7,20 +7,7 @@ import torch
 import torch.nn.functional as F
 from ignite.metrics import Average
 
-from scripts.proxy_tasks import mask, rotate
-
-
-def make_views(x: torch.Tensor, max_fraction: float = 0.3, min_side: float = 0.05, max_side: float = 0.25):
-    """Two views of each crop of ``x`` (B, C, H, W, D), each rotated and masked independently.
-
-    Returns ``(inputs, rotation targets, reconstruction targets)``: (2B, C, H, W, D), (2B,) and the
-    rotated crops without masking (2B, C, H, W, D); view 1 of all crops first, then view 2.
-    """
-    x1, k1 = rotate(x)
-    x2, k2 = rotate(x)
-    m1, _ = mask(x1, max_fraction, min_side, max_side)
-    m2, _ = mask(x2, max_fraction, min_side, max_side)
-    return torch.cat([m1, m2]), torch.cat([k1, k2]).to(x.device), torch.cat([x1, x2])
+from scripts.ssl.views import make_views
 
 
 class SSLTrainStep:
@@ -29,7 +16,7 @@ class SSLTrainStep:
     Args:
         max_grad_norm: clip the global gradient norm to this value (None or 0: no clipping). Under
             AMP the gradients are unscaled first, so the threshold means the same with and without.
-        max_fraction, min_side, max_side: masking settings (see ``scripts.proxy_tasks.mask``).
+        max_fraction, min_side, max_side: masking settings (see ``scripts.ssl.proxy_tasks.mask``).
         image_key: batch key of the crops.
 
     The engine output holds ``loss`` (total, detached), ``terms`` (each loss term and the learning
@@ -37,8 +24,14 @@ class SSLTrainStep:
     target), ``masked`` (network input) and ``pred`` (reconstruction), each (1, C, H, W, D).
     """
 
-    def __init__(self, max_grad_norm: float | None = 1.0, max_fraction: float = 0.3, min_side: float = 0.05,
-                 max_side: float = 0.25, image_key: str = "image"):
+    def __init__(
+        self,
+        max_grad_norm: float | None = 1.0,
+        max_fraction: float = 0.3,
+        min_side: float = 0.05,
+        max_side: float = 0.25,
+        image_key: str = "image",
+    ):
         self.max_grad_norm = max_grad_norm
         self.mask_args = (max_fraction, min_side, max_side)
         self.image_key = image_key
@@ -66,8 +59,13 @@ class SSLTrainStep:
             engine.optimizer.step()
         log = {name: float(value.detach()) for name, value in terms.items()}
         log["lr"] = engine.optimizer.param_groups[0]["lr"]
-        return {"loss": loss.detach(), "terms": log, "image": recon_target[:1].detach(),
-                "masked": inputs[:1].detach(), "pred": reconstruction[:1].detach().float()}
+        return {
+            "loss": loss.detach(),
+            "terms": log,
+            "image": recon_target[:1].detach(),
+            "masked": inputs[:1].detach(),
+            "pred": reconstruction[:1].detach().float(),
+        }
 
 
 class SSLEvalStep:
@@ -80,8 +78,14 @@ class SSLEvalStep:
     among the batch, is the same crop's).
     """
 
-    def __init__(self, seed: int = 0, max_fraction: float = 0.3, min_side: float = 0.05, max_side: float = 0.25,
-                 image_key: str = "image"):
+    def __init__(
+        self,
+        seed: int = 0,
+        max_fraction: float = 0.3,
+        min_side: float = 0.05,
+        max_side: float = 0.25,
+        image_key: str = "image",
+    ):
         self.seed = seed
         self.mask_args = (max_fraction, min_side, max_side)
         self.image_key = image_key
@@ -100,8 +104,11 @@ class SSLEvalStep:
         same = torch.arange(x.shape[0], device=x.device)
         top1 = torch.cat([similarity.argmax(1) == same, similarity.argmax(0) == same]).float()
         l1 = (reconstruction.float() - recon_target).abs().flatten(1).mean(1)
-        return {"reconstruction_l1": l1, "rotation_accuracy": (rot_logits.argmax(1) == rot_target).float(),
-                "contrastive_top1": top1}
+        return {
+            "reconstruction_l1": l1,
+            "rotation_accuracy": (rot_logits.argmax(1) == rot_target).float(),
+            "contrastive_top1": top1,
+        }
 
 
 class CropAverage(Average):
@@ -115,3 +122,11 @@ class CropAverage(Average):
 
     def compute(self) -> float:
         return float(super().compute()[0])
+
+
+def key_metric_first(metrics: dict, key: str) -> dict:
+    """``metrics`` reordered with ``key`` first: MONAI's evaluators take the first entry of
+    ``key_val_metric`` as the one that selects the best model."""
+    if key not in metrics:
+        raise ValueError(f"val_key_metric {key!r} is not a validation metric; choose one of {sorted(metrics)}")
+    return {key: metrics[key], **{name: m for name, m in metrics.items() if name != key}}

@@ -1,4 +1,5 @@
-"""Full-state checkpoints for resumable training: what to save, and which file to resume from."""
+"""Full-state checkpoints for resumable training: what to save, how to write it (atomically), and which file
+to resume from. A run killed at any moment, even while writing a checkpoint, leaves only complete files."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import glob
 import logging
 import os
 
-from scripts.distributed import rank
+from ignite.engine import Engine
+from monai.handlers import CheckpointSaver
+
+from scripts.training.guards import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 
@@ -50,29 +54,22 @@ def latest(checkpoint_dir: str) -> str | None:
     return path
 
 
-class ReseedEachEpoch:
-    """At every epoch start: reseed all random generators from ``seed + epoch`` and restart the data
-    iterator, so the epoch's crops, augmentations and proxy-task draws depend only on the epoch.
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` with atomic writes (temporary file in the same folder, then rename),
+    and no final checkpoint after a non-finite loss.
 
-    With checkpoints at epoch ends, a resumed run then continues exactly as an uninterrupted one
-    would (same data order, crops and masks), which is what makes resumed runs reproducible. Under
-    ``torch.distributed`` each rank gets its own seed, so ranks do not draw the same crops and masks.
+    MONAI turns ignite's atomic writes off only to keep files group-readable, which ignite 0.5 now
+    restores itself; a kill during a write then leaves the previous checkpoint and a stray temporary
+    file, never a truncated ``checkpoint*.pt``.
     """
 
-    def __init__(self, seed: int, dataset=None):
-        self.seed, self.dataset = seed, dataset
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True
 
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine) -> None:
-        from monai.data.utils import set_rnd
-        from monai.utils import set_determinism
-
-        seed = self.seed + engine.state.epoch + 1_000_003 * rank()
-        set_determinism(seed=seed)
-        if self.dataset is not None:  # transforms run in this process when num_workers == 0
-            set_rnd(self.dataset, seed)
-        engine.set_data(engine.data_loader)
+    def exception_raised(self, engine: Engine, e: Exception) -> None:
+        if isinstance(e, NonFiniteLossError):
+            raise e  # the weights are not finite: keep the last checkpoint as it is
+        super().exception_raised(engine, e)

@@ -9,7 +9,7 @@ orientation and spacing transforms of every workflow are exercised.
 
 Command line::
 
-    python -m scripts.phantoms --out_dir data/phantoms --num_train 16 --num_val 4 --num_test 1
+    python -m scripts.tools.phantoms --out_dir data/phantoms --num_train 16 --num_val 4 --num_test 1
 
 writes ``imagesTr/``, ``labelsTr/``, ``imagesTs/`` (and ``labelsTs/``) plus ``dataset.json``, an
 MSD-style datalist with ``training`` / ``validation`` / ``test`` lists whose paths are relative to
@@ -172,8 +172,9 @@ def generate_phantom(seed: int, spacing=(1.6, 1.6, 3.0), vary_spacing: bool = Tr
         return np.asarray(r) * scale * rng.uniform(1 - var, 1 + var, 3)
 
     # body: elliptic cylinder, subcutaneous fat, muscle wall, visceral fat inside the cavity
-    grid = np.meshgrid(*[cv.origin[d] + cv.spacing[d] * np.arange(cv.shape[d]) for d in range(3)],
-                       indexing="ij", sparse=True)
+    grid = np.meshgrid(
+        *[cv.origin[d] + cv.spacing[d] * np.arange(cv.shape[d]) for d in range(3)], indexing="ij", sparse=True
+    )
     gx, gy, gz = grid[0] - shift[0], grid[1] - shift[1], grid[2] - shift[2]
     a, b = 160 * scale * rng.uniform(0.93, 1.07), 115 * scale * rng.uniform(0.93, 1.07)
     taper = 1.0 + 0.0008 * gz  # slightly wider towards the chest
@@ -195,17 +196,25 @@ def generate_phantom(seed: int, spacing=(1.6, 1.6, 3.0), vary_spacing: bool = Tr
     for side in (-1, 1):
         cv.paint(cv.blob(rng, at(side * 40, -85, 0, 2), size(22, 20, 130, var=0.05), _rotation(rng, 2), 0.05), 55)
         for zc in np.arange(25, 111, 26.0):
-            arc = [at(side * 25, -95, zc, 1), at(side * 95, -75, zc - 8, 1), at(side * 140, 0, zc - 16, 1),
-                   at(side * 110, 75, zc - 24, 1)]
+            arc = [
+                at(side * 25, -95, zc, 1),
+                at(side * 95, -75, zc - 8, 1),
+                at(side * 140, 0, zc - 16, 1),
+                at(side * 110, 75, zc - 24, 1),
+            ]
             cv.paint(cv.tube(rng, arc, 5.0, 0.1), 650)
 
     # bowel loops in the lower abdomen: soft tissue with some gas, unlabelled
     for _ in range(rng.integers(6, 10)):
         c = at(rng.uniform(-90, 90), rng.uniform(-10, 70), rng.uniform(-95, -20), 0)
-        cv.paint(cv.blob(rng, c, size(22, 18, 20, var=0.3), _rotation(rng, 90), 0.3), rng.uniform(15, 45),
-                 within=cavity)
-        cv.paint(cv.blob(rng, c + rng.uniform(-5, 5, 3), size(8, 7, 8, var=0.3), _rotation(rng, 90), 0.2),
-                 -850, within=cavity)
+        cv.paint(
+            cv.blob(rng, c, size(22, 18, 20, var=0.3), _rotation(rng, 90), 0.3), rng.uniform(15, 45), within=cavity
+        )
+        cv.paint(
+            cv.blob(rng, c + rng.uniform(-5, 5, 3), size(8, 7, 8, var=0.3), _rotation(rng, 90), 0.2),
+            -850,
+            within=cavity,
+        )
 
     # organs; later ones win where shapes touch, as vessels run through and along organs
     def organ(lbl, shape):
@@ -262,16 +271,25 @@ def generate_phantom(seed: int, spacing=(1.6, 1.6, 3.0), vary_spacing: bool = Tr
     return hu, label, affine
 
 
-def write_phantoms(out_dir: str, num_train: int = 16, num_val: int = 4, num_test: int = 1, seed: int = 0,
-                   spacing=(1.6, 1.6, 3.0), progress: bool = False) -> str:
+def write_phantoms(
+    out_dir: str,
+    num_train: int = 16,
+    num_val: int = 4,
+    num_test: int = 1,
+    seed: int = 0,
+    spacing=(1.6, 1.6, 3.0),
+    progress: bool = False,
+) -> str:
     """Write phantoms and an MSD-style ``dataset.json`` under ``out_dir``; returns the datalist path.
 
     Case ``i`` uses seed ``seed * 100003 + i``, so datasets with the same seed share their cases.
     Existing files with the same name are regenerated (the generator is deterministic).
     """
     if min(num_train, num_val, num_test) < 0 or num_train + num_val + num_test == 0:
-        raise ValueError(f"need non-negative case counts with at least one case, got "
-                         f"num_train={num_train}, num_val={num_val}, num_test={num_test}")
+        raise ValueError(
+            f"need non-negative case counts with at least one case, got "
+            f"num_train={num_train}, num_val={num_val}, num_test={num_test}"
+        )
     splits = {"training": num_train, "validation": num_val, "test": num_test}
     datalist = {
         "name": "Swin UNETR synthetic abdominal CT phantoms",
@@ -313,7 +331,9 @@ def write_phantoms(out_dir: str, num_train: int = 16, num_val: int = 4, num_test
     return path
 
 
-def main(out_dir: str = "data/phantoms", num_train: int = 16, num_val: int = 4, num_test: int = 1, seed: int = 0):
+def phantoms_command(
+    out_dir: str = "data/phantoms", num_train: int = 16, num_val: int = 4, num_test: int = 1, seed: int = 0
+):
     """Command-line entry point: write the phantoms and print where the datalist is."""
     path = write_phantoms(out_dir, num_train, num_val, num_test, seed, progress=True)
     print(f"wrote {num_train + num_val + num_test} phantoms and {path}")
@@ -323,4 +343,4 @@ def main(out_dir: str = "data/phantoms", num_train: int = 16, num_val: int = 4, 
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(main)
+    fire.Fire(phantoms_command)

@@ -45,8 +45,14 @@ class SSLLoss(nn.Module):
             ``nt_xent``); the paper's code used only the crops on the same GPU.
     """
 
-    def __init__(self, rotation_weight: float = 1.0, contrastive_weight: float = 1.0,
-                 reconstruction_weight: float = 1.0, temperature: float = 0.5, gather_negatives: bool = False):
+    def __init__(
+        self,
+        rotation_weight: float = 1.0,
+        contrastive_weight: float = 1.0,
+        reconstruction_weight: float = 1.0,
+        temperature: float = 0.5,
+        gather_negatives: bool = False,
+    ):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -55,8 +61,15 @@ class SSLLoss(nn.Module):
         self.rotation = nn.CrossEntropyLoss()
         self.reconstruction = nn.L1Loss()
 
-    def forward(self, rotation_logits: torch.Tensor, rotation_target: torch.Tensor, projection1: torch.Tensor,
-                projection2: torch.Tensor, reconstruction: torch.Tensor, target: torch.Tensor) -> dict:
+    def forward(
+        self,
+        rotation_logits: torch.Tensor,
+        rotation_target: torch.Tensor,
+        projection1: torch.Tensor,
+        projection2: torch.Tensor,
+        reconstruction: torch.Tensor,
+        target: torch.Tensor,
+    ) -> dict:
         """Shapes: logits (2B, 4), targets (2B,), projections (B, P) each, reconstruction and target
         (2B, C, H, W, D) with the two views concatenated along the batch."""
         terms = {

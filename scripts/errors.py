@@ -1,0 +1,35 @@
+"""The errors a workflow reports on one line, and the hook that prints them instead of a traceback.
+
+Every error the bundle raises for a user's mistake (a bad input file, a weight file that does not fit,
+a process environment torchrun did not set up, a NaN loss) derives from ``ReportedError``: its message
+names the file or setting and says what to do, so a traceback would only hide it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+class ReportedError(Exception):
+    """An error whose message says everything on one line; workflows print it without a traceback."""
+
+
+class InputError(ReportedError, ValueError):
+    """A problem with an input file; its message names the file and the problem on one line."""
+
+
+def install_error_hook() -> None:
+    """Make an uncaught ``ReportedError`` print ``ERROR: <message>`` and exit with status 1."""
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        # MONAI's config parser wraps errors raised in expressions into RuntimeErrors: look down the chain
+        cause = exc
+        while cause is not None and not isinstance(cause, ReportedError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            print(f"ERROR: {cause}", file=sys.stderr)
+            return
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook

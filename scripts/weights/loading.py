@@ -1,0 +1,118 @@
+"""Load pre-trained Swin weights of any layout (``scripts.weights.formats``) into a network, and refuse to
+load them silently wrong: every target tensor must match unless told otherwise, and the patch-merging order
+the weights were trained with is restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from scripts.distributed import unwrap_model
+from scripts.weights.formats import (
+    ENCODER_PREFIX,
+    LEGACY_FORMATS,
+    WeightsError,
+    file_format,
+    read_tensors,
+    to_swinunetr_names,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def adapt_in_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Patch-embedding kernel (out, c, k, k, k) for ``in_channels`` inputs.
+
+    Rule: a 1-channel kernel is repeated over the new channels and divided by their number, so an
+    input whose channels are all equal gives the original response (CT-pretrained weights for a
+    multi-channel MRI task); a multi-channel kernel for a 1-channel input is summed over channels.
+    """
+    c = weight.shape[1]
+    if c == in_channels:
+        return weight
+    if c == 1:
+        return weight.repeat(1, in_channels, *([1] * (weight.ndim - 2))) / in_channels
+    if in_channels == 1:
+        return weight.sum(1, keepdim=True)
+    raise ValueError(f"cannot adapt a {c}-channel patch embedding to {in_channels} input channels")
+
+
+def load_pretrained(
+    network: torch.nn.Module, path: str, fmt: str = "auto", part: str = "encoder", min_fraction: float = 1.0
+) -> int:
+    """Load the weights at ``path`` into ``network`` (a ``SwinUNETR`` or ``SSLHead``); returns the count loaded.
+
+    Args:
+        fmt: one of ``FORMATS``; ``"auto"`` recognises it from the keys.
+        part: ``"encoder"`` (the ``swinViT.*`` tensors) or ``"all"`` (every tensor of the network,
+            e.g. to continue from a fine-tuned Swin UNETR).
+        min_fraction: fail unless at least this fraction of the target tensors is loaded (default:
+            all of them), listing the ones missing or of another shape, rather than training on
+            random weights without notice.
+
+    Logs ``loaded N of M encoder|network tensors from <path> (<format>)`` and the names of skipped tensors.
+    """
+    if part not in ("encoder", "all"):
+        raise ValueError(f"part must be 'encoder' or 'all', got {part!r}")
+    network = unwrap_model(network)
+    tensors, fmt = read_tensors(path, fmt)
+    source = to_swinunetr_names(tensors, fmt)
+    target = {k: v for k, v in network.state_dict().items() if part == "all" or k.startswith(ENCODER_PREFIX)}
+    what = "encoder" if part == "encoder" else "network"
+    embed = ENCODER_PREFIX + "patch_embed.proj.weight"
+    if embed in source and embed in target and source[embed].shape[1] != target[embed].shape[1]:
+        logger.info(
+            f"{path}: adapting the patch embedding from {source[embed].shape[1]} to "
+            f"{target[embed].shape[1]} input channels"
+        )
+        source[embed] = adapt_in_channels(source[embed], target[embed].shape[1])
+    missing = sorted(k for k in target if k not in source)
+    mismatched = sorted(k for k in target if k in source and source[k].shape != target[k].shape)
+    loadable = {k: source[k] for k in target if k in source and k not in mismatched}
+    unused = sorted(k for k in source if k not in target)
+    summary = f"loaded {len(loadable)} of {len(target)} {what} tensors from {path} ({fmt})"
+    details = "; ".join(
+        f"{what}: {names[:10]}{' ...' if len(names) > 10 else ''}"
+        for what, names in (("missing", missing), ("shape mismatch", mismatched))
+        if names
+    )
+    if len(loadable) < min_fraction * len(target):
+        raise WeightsError(
+            f"{path}: only {len(loadable)} of {len(target)} {what} tensors match ({fmt} format), "
+            f"below the required {min_fraction:.0%}; {details}"
+        )
+    network.load_state_dict(loadable, strict=False)
+    logger.info(summary + (f"; skipped {details}" if details else ""))
+    if unused:
+        logger.info(f"{path}: {len(unused)} tensors not used by the network, e.g. {unused[:5]}")
+    return len(loadable)
+
+
+def load_encoder(network: torch.nn.Module, path: str, fmt: str = "auto", min_fraction: float = 1.0) -> int:
+    """``load_pretrained`` of the encoder only (``swinViT.*``), all of it by default."""
+    return load_pretrained(network, path, fmt=fmt, part="encoder", min_fraction=min_fraction)
+
+
+def patch_merging(path: str = "", fmt: str = "auto", choice: str = "auto"):
+    """The ``downsample`` argument of ``SwinUNETR`` / ``SSLHead`` for weights at ``path``.
+
+    ``choice``: ``"merging"`` (MONAI's current order), ``"legacy"`` (pre-1.5 order, see
+    ``scripts.weights.legacy_merging``) or ``"auto"``: legacy for the formats released before MONAI 1.5
+    (``research``, ``research_btcv``, ``monai_ssl``), current otherwise and when there is no file.
+    A flat state_dict cannot tell when it was trained: set ``"legacy"`` for the model zoo's 2022
+    ``model.pt`` and for bundle files fine-tuned with legacy merging.
+    """
+    from scripts.weights.legacy_merging import LegacyPatchMerging
+
+    if choice not in ("auto", "merging", "legacy"):
+        raise ValueError(f"patch_merging must be 'auto', 'merging' or 'legacy', got {choice!r}")
+    if choice == "auto":
+        # no file (yet): the workflow reports it where it loads weights; the network can still be built
+        choice = "legacy" if path and os.path.isfile(path) and file_format(path, fmt) in LEGACY_FORMATS else "merging"
+    if choice == "legacy":
+        logger.info(f"using MONAI's pre-1.5 3-D patch merging order{f' for {path}' if path else ''}")
+        return LegacyPatchMerging
+    return "merging"

@@ -1,0 +1,194 @@
+"""The code's shape: scripts/ imports form no circle, no name means two things, configs say each thing once."""
+
+import ast
+import importlib
+import json
+import re
+
+import pytest
+
+from conftest import ROOT
+
+SCRIPTS = ROOT / "scripts"
+CONFIGS = ROOT / "configs"
+
+
+def module_name(path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict:
+    return {module_name(p): ast.parse(p.read_text(), str(p)) for p in SCRIPTS.rglob("*.py")}
+
+
+def imported_modules(tree, known) -> set:
+    """The ``scripts`` modules a module imports anywhere (function-level imports included)."""
+    out = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        out |= {n for n in names if n in known}
+    return out
+
+
+def find_cycle(graph: dict) -> list | None:
+    """One import circle of ``graph`` (module -> imported modules), or None."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_circle_and_accepts_a_tree():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_scripts_has_no_import_circle():
+    trees = modules()
+    graph = {name: imported_modules(tree, trees) - {name} for name, tree in trees.items()}
+    assert len(graph) > 20  # the walk found the subpackages
+    assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_scripts_is_organised_by_role():
+    top = sorted(p.name for p in SCRIPTS.iterdir() if p.suffix == ".py" or p.is_dir() and p.name != "__pycache__")
+    assert {"ssl", "weights", "training", "tools", "errors.py"} <= set(top)
+    assert len([p for p in top if p.endswith(".py")]) <= 10, top
+
+
+def test_no_public_name_is_defined_in_two_modules():
+    defined = {}
+    for name, tree in modules().items():
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):  # module constants
+                names = [t.id for t in node.targets if isinstance(t, ast.Name) and t.id.isupper()]
+            else:
+                continue
+            for n in names:
+                if not n.startswith("_"):
+                    defined.setdefault(n, []).append(name)
+    twice = {n: where for n, where in defined.items() if len(where) > 1}
+    assert not twice, f"names defined in several modules: {twice}"
+
+
+def test_the_error_base_lives_in_its_own_module_and_every_reported_error_derives_from_it():
+    from scripts.errors import InputError, ReportedError
+
+    assert ReportedError.__module__ == "scripts.errors" and issubclass(InputError, ReportedError)
+    for name, tree in modules().items():
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                cls = getattr(importlib.import_module(name), node.name)
+                assert issubclass(cls, ReportedError), f"{name}.{node.name} does not derive from ReportedError"
+
+
+def config_files():
+    return sorted(CONFIGS.glob("*.json"))
+
+
+def strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield k
+            yield from strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from strings(v)
+
+
+@pytest.mark.parametrize("path", config_files(), ids=lambda p: p.name)
+def test_every_scripts_name_a_config_uses_exists(path):
+    """After a move, a stale dotted path would only fail when that part of the config is reached."""
+    for text in strings(json.loads(path.read_text())):
+        for dotted in re.findall(r"\bscripts(?:\.[A-Za-z_]\w*)+", text):
+            parts = dotted.split(".")
+            for cut in range(len(parts), 0, -1):  # longest importable module, then attributes
+                try:
+                    obj = importlib.import_module(".".join(parts[:cut]))
+                except ModuleNotFoundError:
+                    continue
+                for attr in parts[cut:]:
+                    assert hasattr(obj, attr), f"{path.name}: {dotted} does not exist"
+                    obj = getattr(obj, attr)
+                break
+            else:
+                raise AssertionError(f"{path.name}: {dotted} does not exist")
+
+
+@pytest.mark.parametrize("path", config_files(), ids=lambda p: p.name)
+def test_config_lines_fit_in_120_characters(path):
+    if path.name == "metadata.json":
+        pytest.skip("the metadata schema wants single-string fields (description, URLs), which JSON cannot wrap")
+    long = [f"{i}: {line[:60]}..." for i, line in enumerate(path.read_text().splitlines(), 1) if len(line) > 120]
+    assert not long, f"{path.name} lines over 120 characters: {long}"
+
+
+def test_evaluate_is_a_thin_overlay_without_a_preprocessing_chain_of_its_own():
+    text = (CONFIGS / "evaluate.json").read_text()
+    evaluate = json.loads(text)
+    assert "LoadImaged" not in text and not any("preprocessing" in key for key in evaluate)
+    # its one difference from fine-tuning's validation: spatial transforms act on the image only
+    assert evaluate["spatial_keys"] == ["image"] and evaluate["spatial_modes"] == ["bilinear"]
+
+
+def transform_chain(config: dict, path: str) -> list:
+    node = config
+    for key in path.split("#"):
+        node = node[key]
+    return node
+
+
+def test_inference_runs_exactly_the_fine_tuning_chain():
+    """MONAI Label loads inference.json alone, so it holds its own copy: it must not drift from train.json's."""
+    train = json.loads((CONFIGS / "train.json").read_text())
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    assert transform_chain(inference, "preprocessing#transforms") == transform_chain(
+        train, "train#deterministic_transforms"
+    )
+    for key in ("pixdim", "a_min", "a_max", "roi_size", "feature_size", "num_classes"):
+        assert inference[key] == train[key], key
+
+
+def test_pre_training_reads_volumes_as_fine_tuning_does_up_to_the_intensity_window():
+    train = transform_chain(json.loads((CONFIGS / "train.json").read_text()), "train#deterministic_transforms")
+    pretrain = transform_chain(json.loads((CONFIGS / "pretrain.json").read_text()), "deterministic_transforms")
+    targets = [t["_target_"] for t in train[:5]]
+    assert targets == ["LoadImaged", "EnsureChannelFirstd", "Orientationd", "Spacingd", "ScaleIntensityRanged"]
+    assert [t["_target_"] for t in pretrain[:5]] == targets
+    for ours, theirs in zip(pretrain[:5], train[:5]):
+        same = {k: v for k, v in ours.items() if k not in ("keys", "mode")}
+        assert same == {k: v for k, v in theirs.items() if k not in ("keys", "mode")}
+
+
+def test_repeated_expressions_are_named_once():
+    """Checkpoint state, weight loading and the error hook are ids that the workflows and overlays reference."""
+    for path in config_files():
+        text = path.read_text()
+        for call in ("full_state(", "load_pretrained(", "install_error_hook(", "checked_datalist("):
+            assert text.count(call) <= 1, f"{path.name} spells out {call}...) {text.count(call)} times"
+    for name in ("multi_gpu_train.json", "multi_gpu_pretrain.json", "multi_gpu_evaluate.json"):
+        overlay = json.loads((CONFIGS / name).read_text())
+        assert {"@error_hook", "@load_pretrained"} <= set(overlay["initialize"]), name
