@@ -16,7 +16,8 @@ set -euo pipefail
 
 cd "${SLURM_SUBMIT_DIR:-$(dirname "${BASH_SOURCE[0]}")/..}"
 [ -f .venv/bin/activate ] && source .venv/bin/activate
-head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads all of its input: `head -n 1` could close the pipe early and fail the job under pipefail (SIGPIPE)
+head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 gpus_per_node=${SLURM_GPUS_ON_NODE:-8}
 port=${MASTER_PORT:-29500}
 

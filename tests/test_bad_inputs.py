@@ -10,6 +10,8 @@ import pytest
 
 from conftest import bundle_run
 
+pytestmark = pytest.mark.slow  # every test runs a bundle workflow
+
 
 def save(path, array, affine=None):
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), path)

@@ -71,6 +71,7 @@ def assert_ranks_agree(out_dir, rank0_writers):
     assert {"StopOnNonFiniteLoss", "LrScheduleHandler"} <= handlers[1]
 
 
+@pytest.mark.slow
 def test_pretraining_on_two_processes_runs_resumes_and_keeps_the_ranks_in_step(phantoms, tmp_path):
     runs = tmp_path / "runs"
     overrides = {
@@ -101,6 +102,7 @@ def test_pretraining_on_two_processes_runs_resumes_and_keeps_the_ranks_in_step(p
     assert (tmp_path / "models" / "ssl_encoder.pt").exists()
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_two_processes_keeps_the_ranks_in_step(phantoms, tmp_path):
     datalist = two_validation_cases(phantoms, tmp_path)
     out = tmp_path / "runs"
@@ -137,6 +139,7 @@ def mean_dice(csv_path) -> float:
         return float([row for row in csv.DictReader(f) if row["case"] == "mean"][0]["mean"])
 
 
+@pytest.mark.slow
 def test_evaluation_on_two_processes_reports_the_single_process_dice(trained, phantoms, tmp_path):
     datalist = two_validation_cases(phantoms, tmp_path)
     common = {"dataset_dir": phantoms, "datalist": datalist, "ckpt_dir": trained["dir"] / "models", "num_workers": 0}

@@ -5,10 +5,13 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from scripts.tools.phantoms import BTCV_LABELS
 
 from conftest import REAL_CT, bundle_run, requires_real_ct
+
+pytestmark = pytest.mark.slow  # every test runs a bundle workflow
 
 ORGANS = [BTCV_LABELS[i] for i in range(1, 14)]
 

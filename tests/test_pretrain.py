@@ -3,10 +3,13 @@ to fine-tuning."""
 
 import csv
 
+import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
 from conftest import ROOT, bundle_run, configs
+
+pytestmark = pytest.mark.slow  # every test runs or reads a pre-training workflow
 
 # A short run must lower these losses (mean of the first vs the last LOSS_WINDOW logged iterations).
 LOSS_WINDOW = 5

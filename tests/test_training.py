@@ -2,6 +2,7 @@
 
 import shutil
 
+import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -35,6 +36,7 @@ def mean_dice_on(network, items) -> float:
     return float(metric.aggregate())
 
 
+@pytest.mark.slow
 def test_training_writes_flat_best_model(trained):
     state = torch.load(trained["dir"] / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -44,6 +46,7 @@ def test_training_writes_flat_best_model(trained):
     assert trained["state"]["iteration"] == TRAIN_EPOCHS * trained["state"]["epoch_length"]
 
 
+@pytest.mark.slow
 def test_full_state_checkpoints_hold_everything_needed_to_resume(trained):
     path = trained["dir"] / "runs" / "checkpoints" / "checkpoint_final.pt"
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -51,6 +54,7 @@ def test_full_state_checkpoints_hold_everything_needed_to_resume(trained):
     assert ckpt["trainer"]["iteration"] == trained["state"]["iteration"]
 
 
+@pytest.mark.slow
 def test_network_learns_on_training_phantoms(trained, phantoms):
     from monai.data import load_decathlon_datalist
 
@@ -64,6 +68,7 @@ def test_network_learns_on_training_phantoms(trained, phantoms):
     assert after > before + LEARNING_MARGIN
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(trained, phantoms, tmp_path):
     """Drop the newest checkpoints as if the run had been killed: resume from the epoch before."""
     runs = tmp_path / "runs"

@@ -54,6 +54,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_and_no_p
     assert torch.equal(state["weight"], model.weight.detach())
 
 
+@pytest.mark.slow
 def test_pretraining_on_a_corrupt_batch_stops_with_an_error_and_keeps_finite_checkpoints(phantoms, tmp_path):
     # from the third training crop on, every batch turns to NaN after loading (the input checks only see the files)
     corrupt = (
@@ -136,6 +137,7 @@ def run_and_kill(tmp_path, config_names, overrides, until, kill_in_write=False):
     return child.wait()
 
 
+@pytest.mark.slow
 def test_pretraining_killed_at_any_moment_resumes_to_the_right_iteration(phantoms, tmp_path):
     runs = tmp_path / "runs"
     overrides = {
@@ -155,6 +157,7 @@ def test_pretraining_killed_at_any_moment_resumes_to_the_right_iteration(phantom
     }
 
 
+@pytest.mark.slow
 def test_fine_tuning_killed_at_any_moment_resumes_to_the_right_iteration(phantoms, tmp_path):
     data = json.loads((phantoms / "dataset.json").read_text())
     data["training"] = data["training"][:1]

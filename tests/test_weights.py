@@ -225,6 +225,7 @@ def test_training_configs_load_research_weights_with_legacy_merging(names, tmp_p
     assert all(torch.equal(v, ENCODER[k]) for k, v in encoder_of(net.state_dict()).items())
 
 
+@pytest.mark.slow
 def test_inference_runs_a_research_btcv_checkpoint(tmp_path, phantoms):
     from conftest import bundle_run
 
