@@ -18,6 +18,10 @@ class InputError(ReportedError, ValueError):
     """A problem with an input file; its message names the file and the problem on one line."""
 
 
+class ConfigError(ReportedError, ValueError):
+    """A setting that cannot work; the message names the id, its value and the rule it breaks."""
+
+
 def install_error_hook() -> None:
     """Make an uncaught ``ReportedError`` print ``ERROR: <message>`` and exit with status 1."""
     previous = sys.excepthook

@@ -56,7 +56,7 @@ def test_verify_net_in_out():
     )
 
 
-def test_paper_defaults_without_img_size():
+def test_fine_tuning_defaults_without_img_size():
     parser = ConfigParser()
     parser.read_config(configs("train.json"))
     net = parser.get("network_def")
@@ -149,7 +149,7 @@ def test_ckpt_export_traces_the_network_for_torchscript(random_model, tmp_path):
         assert torch.allclose(traced(x), net(x), atol=1e-4)
 
 
-def test_pretraining_defaults_are_the_papers():
+def test_pretraining_defaults_are_the_reference_codes():
     parser = ConfigParser()
     parser.read_config(configs("pretrain.json"))
     expected = {
@@ -172,7 +172,7 @@ def test_pretraining_defaults_are_the_papers():
         "mask_fraction": 0.3,
         "mask_min_side": 0.05,
         "mask_max_side": 0.25,
-        "token_choice": "paper",
+        "token_choice": "reference",
     }
     assert {k: parser.get(k) for k in expected} == expected
     assert parser.get("train#trainer#_target_") == "SupervisedTrainer"

@@ -214,7 +214,7 @@ def test_learning_rate_scaling_rules_for_the_global_batch():
         scaled_lr(4e-4, 128, 32, "cubic")
 
 
-def test_the_overlays_default_to_the_papers_learning_rate_and_gathered_negatives():
+def test_the_overlays_default_to_the_reference_learning_rate_and_gathered_negatives():
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()

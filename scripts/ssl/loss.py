@@ -39,10 +39,10 @@ class SSLLoss(nn.Module):
     """Weighted sum of the three proxy-task losses; ``forward`` returns each term and the total.
 
     Args:
-        rotation_weight, contrastive_weight, reconstruction_weight: a1, a2, a3 (paper: 1, 1, 1).
-        temperature: NT-Xent temperature (paper: 0.5).
+        rotation_weight, contrastive_weight, reconstruction_weight: a1, a2, a3 (reference code: 1, 1, 1).
+        temperature: NT-Xent temperature (reference code: 0.5).
         gather_negatives: under ``torch.distributed``, contrast against the crops of all ranks (see
-            ``nt_xent``); the paper's code used only the crops on the same GPU.
+            ``nt_xent``); the reference code used only the crops on the same GPU.
     """
 
     def __init__(

@@ -7,6 +7,8 @@ import torch
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
+from scripts.errors import ConfigError
+
 
 class SSLHead(nn.Module):
     """Swin encoder (``swinViT``, named exactly as in ``SwinUNETR``) plus the three proxy-task heads.
@@ -15,8 +17,9 @@ class SSLHead(nn.Module):
         in_channels: input channels.
         feature_size: Swin embedding size (12, 24 or 48); heads are sized from it (bottleneck 16x).
         proj_dim: size of the contrastive projection.
-        token_choice: ``"paper"`` feeds bottleneck token 0 to the rotation head and token 1 to the
-            contrastive head, as the reference; ``"pool"`` feeds both the mean over all tokens.
+        token_choice: ``"reference"`` feeds bottleneck token 0 to the rotation head and token 1 to the
+            contrastive head, as the reference code does (``"paper"`` is accepted as an older name of
+            it); ``"pool"`` feeds both the mean over all tokens.
         use_checkpoint: gradient checkpointing in the encoder.
         downsample: patch merging of the encoder, as in ``SwinUNETR`` (``scripts.weights.loading.patch_merging``
             picks the legacy order for weights trained with it).
@@ -30,13 +33,14 @@ class SSLHead(nn.Module):
         in_channels: int = 1,
         feature_size: int = 48,
         proj_dim: int = 512,
-        token_choice: str = "paper",
+        token_choice: str = "reference",
         use_checkpoint: bool = False,
         downsample="merging",
     ):
         super().__init__()
-        if token_choice not in ("paper", "pool"):
-            raise ValueError(f"token_choice must be 'paper' or 'pool', got {token_choice!r}")
+        token_choice = {"paper": "reference"}.get(token_choice, token_choice)
+        if token_choice not in ("reference", "pool"):
+            raise ConfigError(f"token_choice must be 'reference' or 'pool', got {token_choice!r}")
         self.token_choice = token_choice
         # taking the encoder from SwinUNETR guarantees identical parameter names and defaults
         self.swinViT = SwinUNETR(
@@ -66,7 +70,7 @@ class SSLHead(nn.Module):
             raise ValueError(f"spatial size must be a multiple of 32 and at least 64, got {tuple(x.shape[2:])}")
         features = self.swinViT(x.contiguous())[4]  # (B, 16f, H/32, W/32, D/32)
         tokens = features.flatten(2).transpose(1, 2)  # (B, N, 16f)
-        if self.token_choice == "paper":
+        if self.token_choice == "reference":
             rotation_token, contrastive_token = tokens[:, 0], tokens[:, 1]
         else:
             rotation_token = contrastive_token = tokens.mean(1)

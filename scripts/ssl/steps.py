@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from ignite.metrics import Average
 
+from scripts.ssl.proxy_tasks import REFERENCE_ROTATION_AXES
 from scripts.ssl.views import make_views
 
 
@@ -14,9 +15,11 @@ class SSLTrainStep:
     """Pre-training iteration: views, forward, loss terms, backward with optional AMP and clipping.
 
     Args:
-        max_grad_norm: clip the global gradient norm to this value (None or 0: no clipping). Under
-            AMP the gradients are unscaled first, so the threshold means the same with and without.
-        max_fraction, min_side, max_side: masking settings (see ``scripts.ssl.proxy_tasks.mask``).
+        max_grad_norm: clip the global gradient norm to this value (None or 0: no clipping, as the
+            reference code by default). Under AMP the gradients are unscaled first, so the threshold
+            means the same with and without.
+        max_fraction, min_side, max_side, swap_source: masking (see ``scripts.ssl.proxy_tasks.mask``).
+        rotation_axes: the two spatial axes of the rotation plane (see ``scripts.ssl.proxy_tasks.rotate``).
         image_key: batch key of the crops.
 
     The engine output holds ``loss`` (total, detached), ``terms`` (each loss term and the learning
@@ -30,15 +33,17 @@ class SSLTrainStep:
         max_fraction: float = 0.3,
         min_side: float = 0.05,
         max_side: float = 0.25,
+        rotation_axes=REFERENCE_ROTATION_AXES,
+        swap_source: str = "unmasked",
         image_key: str = "image",
     ):
         self.max_grad_norm = max_grad_norm
-        self.mask_args = (max_fraction, min_side, max_side)
+        self.view_args = (max_fraction, min_side, max_side, tuple(rotation_axes), swap_source)
         self.image_key = image_key
 
     def __call__(self, engine, batch: dict) -> dict:
         x = batch[self.image_key].to(engine.state.device, non_blocking=True)
-        inputs, rot_target, recon_target = make_views(x, *self.mask_args)
+        inputs, rot_target, recon_target = make_views(x, *self.view_args)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(x.device.type, enabled=bool(engine.amp)):
@@ -75,7 +80,7 @@ class SSLEvalStep:
     random state, so validation neither varies between runs nor disturbs the training's random
     sequence. Output (per view, 2B values each): ``reconstruction_l1``, ``rotation_accuracy`` (0/1)
     and ``contrastive_top1`` (0/1: the nearest projection of the other view, by cosine similarity
-    among the batch, is the same crop's).
+    among the batch, is the same crop's). View arguments as ``SSLTrainStep``.
     """
 
     def __init__(
@@ -84,10 +89,12 @@ class SSLEvalStep:
         max_fraction: float = 0.3,
         min_side: float = 0.05,
         max_side: float = 0.25,
+        rotation_axes=REFERENCE_ROTATION_AXES,
+        swap_source: str = "unmasked",
         image_key: str = "image",
     ):
         self.seed = seed
-        self.mask_args = (max_fraction, min_side, max_side)
+        self.view_args = (max_fraction, min_side, max_side, tuple(rotation_axes), swap_source)
         self.image_key = image_key
 
     def __call__(self, engine, batch: dict) -> dict:
@@ -95,7 +102,7 @@ class SSLEvalStep:
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(self.seed + engine.state.iteration)
-            inputs, rot_target, recon_target = make_views(x, *self.mask_args)
+            inputs, rot_target, recon_target = make_views(x, *self.view_args)
             engine.network.eval()
             with torch.autocast(x.device.type, enabled=bool(engine.amp)):
                 rot_logits, projection, reconstruction = engine.network(inputs)

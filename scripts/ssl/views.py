@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import torch
 
-from scripts.ssl.proxy_tasks import mask, rotate
+from scripts.ssl.proxy_tasks import REFERENCE_ROTATION_AXES, mask, rotate
 
 
-def make_views(x: torch.Tensor, max_fraction: float = 0.3, min_side: float = 0.05, max_side: float = 0.25):
-    """Two views of each crop of ``x`` (B, C, H, W, D), each rotated and masked independently.
+def make_views(
+    x: torch.Tensor,
+    max_fraction: float = 0.3,
+    min_side: float = 0.05,
+    max_side: float = 0.25,
+    rotation_axes=REFERENCE_ROTATION_AXES,
+    swap_source: str = "unmasked",
+):
+    """Two views of each crop of ``x`` (B, C, H, W, D), each rotated and then masked independently.
 
-    Returns ``(inputs, rotation targets, reconstruction targets)``: (2B, C, H, W, D), (2B,) and the
-    rotated crops without masking (2B, C, H, W, D); view 1 of all crops first, then view 2.
+    Returns ``(inputs, rotation targets, reconstruction targets)``: the masked rotated crops
+    (2B, C, H, W, D), k (2B,) and the rotated crops without masking (2B, C, H, W, D); view 1 of all
+    crops first, then view 2. Masking arguments: see ``scripts.ssl.proxy_tasks.mask``.
     """
-    x1, k1 = rotate(x)
-    x2, k2 = rotate(x)
-    m1, _ = mask(x1, max_fraction, min_side, max_side)
-    m2, _ = mask(x2, max_fraction, min_side, max_side)
+    x1, k1 = rotate(x, rotation_axes)
+    x2, k2 = rotate(x, rotation_axes)
+    m1, _ = mask(x1, max_fraction, min_side, max_side, swap_source)
+    m2, _ = mask(x2, max_fraction, min_side, max_side, swap_source)
     return torch.cat([m1, m2]), torch.cat([k1, k2]).to(x.device), torch.cat([x1, x2])
