@@ -22,6 +22,21 @@ def _suffix(path: str) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
 
 
+def file_mode() -> int:
+    """The mode a plain ``open()`` gives a new file under this process's umask (0644 under the usual 022).
+
+    Temporary files are created 0600; the final file gets this mode so that other users and services
+    read outputs as they would read any other file written here.
+    """
+    try:  # Linux reports the umask without changing it (os.umask would, for every thread at once)
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
     """Yield a temporary path next to ``path``; on success it is synced and renamed to ``path``."""
@@ -34,6 +49,7 @@ def atomic_path(path: str):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

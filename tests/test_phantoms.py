@@ -73,3 +73,10 @@ def test_write_phantoms_makes_msd_datalist(tmp_path):
 def test_rejects_empty_dataset(tmp_path):
     with pytest.raises(ValueError, match="at least one case"):
         write_phantoms(str(tmp_path), 0, 0, 0)
+
+
+@pytest.mark.parametrize("seed", [119, 179])
+def test_a_structure_drawn_outside_the_field_of_view_is_skipped_not_a_crash(seed):
+    """These seeds place a vessel or an organ wholly outside the grid (they crashed the generator once)."""
+    hu, label, _ = generate_phantom(seed)
+    assert hu.shape == label.shape and len(np.unique(label)) >= 10

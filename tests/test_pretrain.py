@@ -131,3 +131,29 @@ def test_resumed_pretraining_ends_with_the_same_weights_as_an_uninterrupted_run(
     halfway_file = tmp_path / "resumed" / "checkpoints" / "checkpoint_epoch=1.pt"
     halfway = torch.load(halfway_file, map_location="cpu", weights_only=True)["model"]
     assert any(not torch.equal(halfway[key], value) for key, value in straight.items())
+
+
+def test_non_cubic_crops_pre_train_when_the_rotation_plane_has_equal_sides(phantoms, tmp_path):
+    """[96, 64, 64] with the reference y-z plane: both sides of the plane are 64, so quarter turns keep the shape."""
+    runs = tmp_path / "runs"
+    overrides = {"dataset_dir": phantoms, "output_dir": runs, "ckpt_dir": tmp_path / "models", "roi_size": [96, 64, 64]}
+    bundle_run(
+        ["pretrain.json", "small_pretrain.json"],
+        {**overrides, "max_iterations": 2, "ckpt_interval": 2, "val_interval": 2, "image_interval": 2},
+    )
+    with open(runs / "losses.csv") as f:
+        assert [row["iteration"] for row in csv.DictReader(f)] == ["1", "2"]
+
+
+def test_a_rotation_plane_with_unequal_crop_sides_stops_at_start_up_in_one_line(phantoms, tmp_path):
+    proc = bundle_run(
+        ["pretrain.json", "small_pretrain.json"],
+        {"dataset_dir": phantoms, "output_dir": tmp_path / "runs", "roi_size": [64, 64, 96]},
+        check=False,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert (
+        "ERROR: roi_size [64, 64, 96] with rotation_axes [1, 2]: quarter turns need the two sides of the rotation "
+        "plane to be equal (64 != 96)" in proc.stderr
+    )
+    assert not (tmp_path / "runs").exists()  # nothing was read or written before the check

@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +196,23 @@ def kill_twice_and_resume(tmp_path, config_names, overrides) -> dict:
     final = torch.load(checkpoints / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in final["model"].values())
     return final
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_outputs_and_checkpoints_get_the_file_mode_of_the_umask(tmp_path, umask, mode):
+    """Temporary files are private (0600); what is left behind is readable as any file written here."""
+    from scripts.atomic_files import atomic_path
+
+    old = os.umask(umask)
+    try:
+        with atomic_path(str(tmp_path / "table.csv")) as tmp:
+            Path(tmp).write_text("a,b\n")
+        model = torch.nn.Linear(2, 2)
+        trainer = Engine(lambda engine, batch: None)
+        AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": model}, save_interval=1).attach(trainer)
+        trainer.run([0], max_epochs=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "table.csv").stat().st_mode) == mode
+    checkpoints = list(tmp_path.glob("*.pt"))
+    assert checkpoints and all(stat.S_IMODE(p.stat().st_mode) == mode for p in checkpoints)

@@ -1,6 +1,6 @@
 """Image lists for pre-training: merge several MSD-style datalists and folder globs into one list.
 
-The paper pre-trains on five public collections, each with its own datalist and base folder; labels,
+The reference code pre-trains on five public collections, each with its own datalist and base folder; labels,
 where a datalist has them, are not used. Among thousands of public volumes a few are always broken:
 ``usable_images`` skips those with a warning and stops the run only when too many are.
 """

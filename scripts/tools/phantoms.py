@@ -97,9 +97,10 @@ class _Canvas:
     def blob(self, rng, center, radii, rot, bumpiness=0.15):
         """Mask (slices, bool array) of an ellipsoid whose surface is deformed by smooth bumps."""
         radii = np.asarray(radii, dtype=float)
-        slices, (x, y, z) = self.box(center, radii.max() * (1.0 + 2 * bumpiness))
-        if slices is None:
+        slices, grid = self.box(center, radii.max() * (1.0 + 2 * bumpiness))
+        if slices is None:  # entirely outside the field of view
             return None, None
+        x, y, z = grid
         d = np.stack([x - center[0], y - center[1], z - center[2]], axis=-1) @ rot  # local frame
         p = d / radii
         r = np.linalg.norm(p, axis=-1) + 1e-6
@@ -114,9 +115,10 @@ class _Canvas:
         """Mask of a tube of ``radius`` mm along the polyline ``points`` (mm), radius gently varying."""
         pts = np.asarray(points, dtype=float)
         lo, hi = pts.min(0) - 1.5 * radius, pts.max(0) + 1.5 * radius
-        slices, (x, y, z) = self.box((lo + hi) / 2, (hi - lo) / 2)
-        if slices is None:
+        slices, grid = self.box((lo + hi) / 2, (hi - lo) / 2)
+        if slices is None:  # entirely outside the field of view
             return None, None
+        x, y, z = grid
         xyz = np.stack([x, y, z], axis=-1)
         dist = np.full(x.shape, np.inf)
         for a, b in zip(pts[:-1], pts[1:]):

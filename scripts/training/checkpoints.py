@@ -10,6 +10,7 @@ import os
 from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
 
+from scripts.atomic_files import file_mode
 from scripts.training.guards import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` with atomic writes (temporary file in the same folder, then rename),
     and no final checkpoint after a non-finite loss.
 
-    MONAI turns ignite's atomic writes off only to keep files group-readable, which ignite 0.5 now
-    restores itself; a kill during a write then leaves the previous checkpoint and a stray temporary
-    file, never a truncated ``checkpoint*.pt``.
+    MONAI turns ignite's atomic writes off only to keep files group-readable; here the written file
+    gets the mode of the umask (0644 under the usual 022). A kill during a write then leaves the
+    previous checkpoint and a stray temporary file, never a truncated ``checkpoint*.pt``.
     """
 
     def __init__(self, *args, **kwargs):
@@ -68,8 +69,19 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
+                checkpoint.save_handler._save_func = _with_umask_mode(checkpoint.save_handler._save_func)
 
     def exception_raised(self, engine: Engine, e: Exception) -> None:
         if isinstance(e, NonFiniteLossError):
             raise e  # the weights are not finite: keep the last checkpoint as it is
         super().exception_raised(engine, e)
+
+
+def _with_umask_mode(save_func):
+    """ignite's atomic save, then the umask's file mode (ignite gives 0644 whatever the umask)."""
+
+    def save(checkpoint, path, func):
+        save_func(checkpoint, path, func)
+        os.chmod(path, file_mode())
+
+    return save
