@@ -2,7 +2,7 @@
 # Self-supervised pre-training on several nodes under SLURM: one torchrun per node, rendezvous on the
 # job's first node. Extra arguments go to the bundle, e.g.
 #   sbatch --nodes=4 --gpus-per-node=8 scripts/slurm_pretrain.sh --train_sources "[...]" --val_sources "[...]"
-# --resume true is always passed: a requeued or resubmitted job continues from the newest checkpoint
+# --resume auto is always passed: a requeued or resubmitted job continues from the newest checkpoint
 # (the first run finds none and starts from scratch).
 #SBATCH --job-name=swin-ssl
 #SBATCH --nodes=4
@@ -26,4 +26,4 @@ srun --ntasks-per-node=1 torchrun \
     --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$head_node:$port" \
     -m monai.bundle run \
     --config_file "['configs/pretrain.json','configs/multi_gpu_pretrain.json']" \
-    --resume true "$@"
+    --resume auto "$@"

@@ -270,7 +270,7 @@ def test_the_slurm_script_runs_one_torchrun_per_node_meeting_on_the_first_node(t
         "--config_file",
         "['configs/pretrain.json','configs/multi_gpu_pretrain.json']",
         "--resume",
-        "true",
+        "auto",
         "--train_sources",
         "['/data/a.json']",
     ]

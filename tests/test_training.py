@@ -1,6 +1,8 @@
 """Fine-tuning: a short run learns, writes a flat best model, and resumes from full-state checkpoints."""
 
+import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -101,8 +103,58 @@ def test_resume_continues_from_last_checkpoint(trained, phantoms, tmp_path):
     wf.finalize()
 
 
-def test_resume_without_checkpoint_starts_fresh_with_warning(tmp_path, caplog):
-    from scripts.training.checkpoints import latest
+def full_state_file(path, iteration, model=None):
+    model = model or torch.nn.Linear(2, 2)
+    torch.save({"model": model.state_dict(), "trainer": {"iteration": iteration, "epoch": iteration}}, path)
+    return path
 
-    assert latest(str(tmp_path)) is None
-    assert "no checkpoint" in caplog.text
+
+def test_resume_continues_from_the_most_progress_not_from_the_newest_file(tmp_path):
+    from scripts.training.checkpoints import resume_path
+
+    ahead = full_state_file(tmp_path / "checkpoint_epoch=2.pt", 20)
+    behind = full_state_file(tmp_path / "checkpoint_epoch=1.pt", 10)
+    os.utime(behind, (time.time() + 60, time.time() + 60))  # copied or touched: the newest file, less progress
+    assert resume_path(str(tmp_path), True, torch.nn.Linear(2, 2)) == str(ahead)
+    assert resume_path(str(tmp_path), "true") == str(ahead)  # as given on the command line
+    assert resume_path(str(tmp_path), False) is None
+
+
+def test_a_truncated_newest_checkpoint_is_reported_and_the_complete_one_used(tmp_path, caplog):
+    from scripts.training.checkpoints import resume_path
+
+    complete = full_state_file(tmp_path / "checkpoint_epoch=1.pt", 10)
+    newest = full_state_file(tmp_path / "checkpoint_epoch=2.pt", 20)
+    newest.write_bytes(newest.read_bytes()[:200])
+    assert resume_path(str(tmp_path), True) == str(complete)
+    assert "checkpoint_epoch=2.pt: unreadable" in caplog.text
+
+
+def test_resume_true_with_nothing_to_resume_stops_and_auto_starts_afresh(tmp_path):
+    from scripts.training.checkpoints import ResumeError, resume_path
+
+    with pytest.raises(ResumeError, match="--resume true but no complete checkpoint.*--resume auto"):
+        resume_path(str(tmp_path), True)
+    assert resume_path(str(tmp_path), "auto") is None
+    with pytest.raises(ValueError, match="resume 'maybe': choose true, false or auto"):
+        resume_path(str(tmp_path), "maybe")
+
+
+def test_a_checkpoint_of_another_network_stops_in_one_line(tmp_path):
+    from scripts.training.checkpoints import ResumeError, resume_path
+
+    full_state_file(tmp_path / "checkpoint_epoch=1.pt", 10, torch.nn.Linear(2, 2))
+    with pytest.raises(ResumeError, match=r"another network .*weight is \(2, 2\) there, \(3, 3\) here"):
+        resume_path(str(tmp_path), True, torch.nn.Linear(3, 3))
+
+
+class Payload:
+    """Any pickled object: loading it could run code."""
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused_before_anything_loads(tmp_path):
+    from scripts.training.checkpoints import ResumeError, resume_path
+
+    torch.save({"trainer": {"iteration": 3}, "extra": Payload()}, tmp_path / "checkpoint_epoch=1.pt")
+    with pytest.raises(ResumeError, match="refused to load: the file holds pickled Python objects.*Move it out"):
+        resume_path(str(tmp_path), True)

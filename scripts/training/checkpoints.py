@@ -7,11 +7,15 @@ import glob
 import logging
 import os
 
+import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
 
 from scripts.atomic_files import file_mode
+from scripts.distributed import unwrap_model
+from scripts.errors import ConfigError, ReportedError
 from scripts.training.guards import NonFiniteLossError
+from scripts.weights.formats import PickledWeightsError, WeightsError, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +48,83 @@ def full_state(network, optimizer, lr_scheduler, trainer, best_model_saver=None)
     return state
 
 
-def latest(checkpoint_dir: str) -> str | None:
-    """Path of the most recently written ``checkpoint*.pt`` in ``checkpoint_dir``, or None with a warning."""
-    files = glob.glob(os.path.join(checkpoint_dir, "checkpoint*.pt"))
-    if not files:
-        logger.warning(f"resume requested but no checkpoint*.pt in {checkpoint_dir}: starting from scratch")
+class ResumeError(ReportedError, RuntimeError):
+    """A run cannot continue from its checkpoints; the message says what to do."""
+
+
+RESUME_CHOICES = (False, True, "auto")
+
+
+def _progress(path: str, state: dict) -> int | None:
+    trainer = state.get("trainer")
+    iteration = trainer.get("iteration") if isinstance(trainer, dict) else None
+    if not isinstance(iteration, int):
+        logger.warning(f"{path}: no trainer progress inside (not a full-state checkpoint of this bundle), skipped")
         return None
-    path = max(files, key=os.path.getmtime)
-    logger.info(f"resuming from {path}")
+    return iteration
+
+
+def _check_network(path: str, state: dict, network) -> None:
+    """Stop in one line when the checkpoint's model does not fit ``network`` (another feature_size, classes...)."""
+    model = state.get("model")
+    if network is None or not isinstance(model, dict):
+        return
+    saved = {k.removeprefix("module."): v for k, v in model.items() if isinstance(v, torch.Tensor)}
+    wanted = unwrap_model(network).state_dict()
+    missing = [k for k in wanted if k not in saved]
+    other = [k for k in wanted if k in saved and saved[k].shape != wanted[k].shape]
+    if other or missing:
+        example = (
+            f"{other[0]} is {tuple(saved[other[0]].shape)} there, {tuple(wanted[other[0]].shape)} here"
+            if other
+            else f"{missing[0]} is missing there"
+        )
+        raise ResumeError(
+            f"{path}: written by another network ({len(other)} tensors of another shape, {len(missing)} missing; "
+            f"e.g. {example}): resume with that run's settings (feature_size, num_classes, ...) or use another "
+            f"output_dir"
+        )
+
+
+def resume_path(checkpoint_dir: str, resume=False, network=None) -> str | None:
+    """The full-state checkpoint to continue from, or None to start from scratch.
+
+    ``resume``: ``false`` starts from scratch; ``true`` continues from the ``checkpoint*.pt`` with the most
+    progress (the trainer iteration recorded inside, not the file time, which a copy or ``touch``
+    changes) and stops with one line when there is none; ``"auto"`` does the same but starts from scratch
+    when there is nothing to resume (requeued jobs). Unreadable files (a truncated write) are reported
+    and passed over; a file holding pickled objects, or a model that does not fit ``network``, stops
+    the run with one line.
+    """
+    if isinstance(resume, str):  # the command line gives strings: --resume true
+        resume = {"true": True, "false": False, "auto": "auto"}.get(resume.strip().lower(), resume)
+    if resume not in RESUME_CHOICES:
+        raise ConfigError(f"resume {resume!r}: choose true, false or auto")
+    if resume is False:
+        return None
+    found = []
+    for path in sorted(glob.glob(os.path.join(checkpoint_dir, "checkpoint*.pt"))):
+        try:
+            state = read_checkpoint(path, mmap=True)
+        except PickledWeightsError as e:
+            raise ResumeError(f"{e} Move it out of {checkpoint_dir} to resume from the others.") from None
+        except WeightsError as e:  # truncated or damaged: the one before it is complete
+            logger.warning(f"{e}; resuming from another checkpoint")
+            continue
+        progress = _progress(path, state)
+        if progress is not None:
+            found.append((progress, path, state))
+    if not found:
+        if resume == "auto":
+            logger.info(f"no checkpoint to resume in {checkpoint_dir}: starting from scratch")
+            return None
+        raise ResumeError(
+            f"--resume true but no complete checkpoint*.pt in {checkpoint_dir}: start without --resume, "
+            f"or with --resume auto (continues when there is a checkpoint, starts from scratch otherwise)"
+        )
+    progress, path, state = max(found, key=lambda item: item[0])
+    _check_network(path, state, network)
+    logger.info(f"resuming from {path} (iteration {progress})")
     return path
 
 

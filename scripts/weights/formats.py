@@ -33,10 +33,14 @@ class WeightsError(InputError):
     """A weight file that cannot be used; the message names the file (printed as one line by the workflows)."""
 
 
-def read_checkpoint(path: str) -> dict:
+class PickledWeightsError(WeightsError):
+    """A weight file that holds pickled Python objects besides tensors: never loaded, it could run code."""
+
+
+def read_checkpoint(path: str, mmap: bool = False) -> dict:
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never code."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise WeightsError(f"{path}: weight file not found") from None
     except pickle.UnpicklingError as e:
@@ -50,7 +54,7 @@ def read_checkpoint(path: str) -> dict:
             ),
             "",
         )
-        raise WeightsError(
+        raise PickledWeightsError(
             f"{path}: refused to load: the file holds pickled Python objects besides tensors, which could run "
             f"code when loaded{f' ({blocked})' if blocked else ''}. Only tensors and plain containers are "
             f"accepted; re-save the weights as a state_dict from a trusted environment."
