@@ -8,6 +8,7 @@ training step or output file, instead of deep inside a data-loader worker.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 
@@ -102,14 +103,75 @@ def check_case(item: dict, keys=("image",), num_classes: int | None = None, warn
             )
 
 
-def read_datalist(datalist: str, key: str, base_dir: str, is_segmentation: bool = True) -> list:
-    """The ``key`` list of an MSD-style datalist with paths joined to ``base_dir``; one-line errors."""
+def load_datalist_json(datalist: str) -> dict:
+    """The datalist file's JSON object; one-line errors for a missing file or a syntax error."""
     if not os.path.isfile(datalist):
         raise InputError(f"datalist {datalist}: file not found")
     try:
-        return load_decathlon_datalist(datalist, is_segmentation=is_segmentation, data_list_key=key, base_dir=base_dir)
-    except Exception as e:  # missing key, malformed JSON and the like
-        raise InputError(f"datalist {datalist}: cannot read list '{key}' ({e})") from None
+        with open(datalist) as f:
+            lists = json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(f"datalist {datalist}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"datalist {datalist}: unreadable ({e})") from None
+    if not isinstance(lists, dict):
+        raise InputError(f"datalist {datalist}: expected a JSON object of lists, got {type(lists).__name__}")
+    return lists
+
+
+def _path_problem(value, field: str) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return None
+    if isinstance(value, list):
+        return f"'{field}' is a list (several files: multi-channel input), expected one file path"
+    shown = "null" if value is None else f"{type(value).__name__} {value!r}"
+    return f"'{field}' is {shown}, expected a file path"
+
+
+def entry_problems(entries, key: str, labels: bool) -> list[str]:
+    """One line per malformed entry of the list ``key``: the same rules for every workflow and check_data.
+
+    Entries are objects with an ``image`` file path and, where present (required when ``labels``), a
+    ``label`` file path; a ``test`` list may instead hold plain file paths (MSD format), all in one form.
+    """
+    if not isinstance(entries, list):
+        return [f"list '{key}' is {type(entries).__name__}, expected a list of entries"]
+    problems = []
+    strings = key == "test" and bool(entries) and isinstance(entries[0], str)
+    for index, entry in enumerate(entries):
+        where = f"{key}[{index}]"
+        if strings:
+            problem = _path_problem(entry, "image") if not isinstance(entry, dict) else "an object among file paths"
+            if problem:
+                problems.append(f"{where}: {problem}")
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: {type(entry).__name__} {entry!r}, expected an object with an 'image' path")
+            continue
+        for field in ("image", "label"):
+            if field not in entry:
+                if field == "image" or labels:
+                    problems.append(f"{where}: no '{field}' given")
+            elif problem := _path_problem(entry[field], field):
+                problems.append(f"{where}: {problem}")
+    return problems
+
+
+def read_datalist(datalist: str, key: str, base_dir: str, is_segmentation: bool = True) -> list:
+    """The ``key`` list of an MSD-style datalist with paths joined to ``base_dir``.
+
+    Every malformed entry is reported on its own line (list name and index) before anything is read;
+    labels are required in non-``test`` lists when ``is_segmentation``.
+    """
+    lists = load_datalist_json(datalist)
+    if key not in lists:
+        raise InputError(f"datalist {datalist}: no list '{key}' (lists there: {sorted(lists)})")
+    problems = entry_problems(lists[key], key, labels=is_segmentation and key != "test")
+    if problems:
+        raise InputError(f"datalist {datalist}: {len(problems)} malformed entries:\n  " + "\n  ".join(problems))
+    if not lists[key]:
+        return []
+    return load_decathlon_datalist(datalist, is_segmentation=is_segmentation, data_list_key=key, base_dir=base_dir)
 
 
 def checked_datalist(datalist: str, key: str, base_dir: str, keys=("image", "label"), num_classes=None) -> list:

@@ -6,6 +6,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from conftest import ROOT
 
@@ -76,3 +77,57 @@ def test_a_clean_dataset_reports_nothing(phantoms):
     assert proc.returncode == 0, proc.stdout
     assert "ERROR" not in proc.stdout and "WARNING" not in proc.stdout
     assert "checked 6 cases: 0 with errors, 0 warnings" in proc.stdout
+
+
+MALFORMED = {
+    "training": [
+        {"image": "a.nii.gz", "label": "a_label.nii.gz"},
+        {"image": ["t1.nii.gz", "t2.nii.gz"], "label": "b_label.nii.gz"},
+        {"image": None, "label": "c_label.nii.gz"},
+        {"image": 7, "label": "d_label.nii.gz"},
+        {"label": "e_label.nii.gz"},
+        "f.nii.gz",
+    ],
+    "validation": [{"image": "g.nii.gz"}],
+    "test": [],
+}
+EXPECTED = [  # (list[index], problem) of every malformed entry, with --labels
+    ("training[1]", "'image' is a list"),
+    ("training[2]", "'image' is null, expected a file path"),
+    ("training[3]", "'image' is int 7, expected a file path"),
+    ("training[4]", "no 'image' given"),
+    ("training[5]", "str 'f.nii.gz', expected an object with an 'image' path"),
+    ("validation[0]", "no 'label' given"),
+]
+
+
+def test_every_malformed_datalist_entry_is_one_line_with_its_list_and_index(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps(MALFORMED))
+    proc = run_check("--datalist", str(tmp_path / "list.json"), "--labels")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == len(EXPECTED)
+    for (where, problem), line in zip(EXPECTED, errors):
+        assert f"{where}: {problem}" in line, line
+
+
+def test_the_fine_tuning_workflow_applies_the_same_rules_before_reading_any_image(tmp_path):
+    from scripts.errors import InputError
+    from scripts.inputs import read_datalist
+
+    (tmp_path / "list.json").write_text(json.dumps(MALFORMED))
+    with pytest.raises(InputError) as training:
+        read_datalist(str(tmp_path / "list.json"), "training", str(tmp_path))
+    with pytest.raises(InputError) as validation:
+        read_datalist(str(tmp_path / "list.json"), "validation", str(tmp_path))
+    lines = str(training.value).splitlines()[1:] + str(validation.value).splitlines()[1:]
+    assert len(lines) == len(EXPECTED)
+    assert all(line.strip().startswith(f"{where}: {problem}") for (where, problem), line in zip(EXPECTED, lines))
+    assert read_datalist(str(tmp_path / "list.json"), "test", str(tmp_path)) == []  # empty, no IndexError
+
+
+def test_a_datalist_with_a_json_syntax_error_is_named_with_the_line(tmp_path):
+    (tmp_path / "list.json").write_text('{"training": [\n  {"image": "a.nii.gz",}\n]}')
+    proc = run_check("--datalist", str(tmp_path / "list.json"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "not valid JSON (line 2, column" in proc.stdout

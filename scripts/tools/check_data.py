@@ -1,9 +1,12 @@
 """Check a dataset in one pass before training: every problem of every file, with counts.
 
-    python -m scripts.tools.check_data --datalist data/btcv/dataset_0.json --dataset_dir data/btcv --num_classes 14
+    python -m scripts.tools.check_data --datalist data/btcv/dataset_0.json --dataset_dir data/btcv --num_classes 14 \
+        --labels
     python -m scripts.tools.check_data --folder /data/new_scans
 
-Checks each image (and label, when listed) of the datalist's ``training``, ``validation`` and ``test``
+First checks the datalist itself with the workflows' rules (valid JSON; every entry an object with an
+``image`` file path, a ``label`` path where given, required with ``--labels``; ``test`` may list plain
+paths), one line per malformed entry with its list and index. Then checks each image (and label, when listed) of the datalist's ``training``, ``validation`` and ``test``
 lists, or every NIfTI in a folder, as the workflows do: missing, empty, unreadable, corrupt or
 truncated files, 2-D or multi-volume images, non-finite voxels, label shape / affine / values;
 warns about images whose intensities do not look like CT in HU. Prints one line per problem and a
@@ -12,40 +15,51 @@ summary; exits 1 when any error was found.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import fire
 
 from scripts.errors import InputError
-from scripts.inputs import check_case, nifti_files
+from scripts.inputs import check_case, entry_problems, load_datalist_json, nifti_files
 
 LISTS = ("training", "validation", "test")
 
 
-def _cases(datalist: str, dataset_dir: str, folder: str) -> list[tuple[str, dict]]:
+def _cases(datalist: str, dataset_dir: str, folder: str, errors: list, labels: bool) -> list[tuple[str, dict]]:
+    """(list name, entry with full paths) of every well-formed entry; malformed ones go to ``errors``."""
     if folder:
         return [("folder", {"image": p}) for p in nifti_files(folder)]
-    with open(datalist) as f:
-        lists = json.load(f)
+    lists = load_datalist_json(datalist)
     base = dataset_dir or os.path.dirname(os.path.abspath(datalist))
     cases = []
     for name in LISTS:
-        for entry in lists.get(name, []):
+        entries = lists.get(name, [])
+        problems = entry_problems(entries, name, labels=labels and name != "test")
+        errors += [f"datalist {datalist}: {problem}" for problem in problems]
+        if problems:
+            continue
+        for entry in entries:
             entry = entry if isinstance(entry, dict) else {"image": entry}
             cases.append((name, {k: os.path.join(base, v) for k, v in entry.items() if k in ("image", "label")}))
     return cases
 
 
-def check(datalist: str = "", dataset_dir: str = "", folder: str = "", num_classes: int | None = None) -> int:
-    """Check every case; returns the number of errors (printed, with warnings and a summary)."""
+def check(
+    datalist: str = "", dataset_dir: str = "", folder: str = "", num_classes: int | None = None, labels: bool = False
+) -> int:
+    """Check every case; returns the number of errors (printed, with warnings and a summary).
+
+    ``labels``: require a label in training and validation entries, as fine-tuning does.
+    """
     if bool(datalist) == bool(folder):
         raise SystemExit("check_data: give either --datalist (with --dataset_dir) or --folder")
-    if datalist and not os.path.isfile(datalist):
-        raise SystemExit(f"check_data: datalist {datalist}: file not found")
-    cases = _cases(datalist, dataset_dir, folder)
     errors, warnings = [], []
+    try:
+        cases = _cases(datalist, dataset_dir, folder, errors, labels)
+    except InputError as e:  # missing or unreadable datalist: nothing to check
+        print(f"ERROR {e}")
+        return 1
     for name, item in cases:
         try:
             check_case(item, tuple(k for k in ("image", "label") if k in item), num_classes, warnings)
@@ -60,9 +74,9 @@ def check(datalist: str = "", dataset_dir: str = "", folder: str = "", num_class
 
 
 def check_data_command(
-    datalist: str = "", dataset_dir: str = "", folder: str = "", num_classes: int | None = None
+    datalist: str = "", dataset_dir: str = "", folder: str = "", num_classes: int | None = None, labels: bool = False
 ) -> None:
-    sys.exit(1 if check(datalist, dataset_dir, folder, num_classes) else 0)
+    sys.exit(1 if check(datalist, dataset_dir, folder, num_classes, labels) else 0)
 
 
 if __name__ == "__main__":
