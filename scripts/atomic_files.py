@@ -13,6 +13,8 @@ import tempfile
 
 from monai.data import NibabelWriter
 
+from scripts.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,6 +37,22 @@ def file_mode() -> int:
         umask = os.umask(0o022)
         os.umask(umask)
     return 0o666 & ~umask
+
+
+def check_writable(folder: str, what: str = "output_dir", probe_bytes: int = 1 << 20) -> str:
+    """Create ``folder`` and write (then remove) a probe file of ``probe_bytes`` there, so that an unwritable,
+    full or misnamed output folder stops the run in one line before any work, not after the first result."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_probe.") as f:
+            f.write(b"\0" * probe_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+    except FileExistsError:
+        raise InputError(f"{what} {folder}: is a file, not a folder") from None
+    except OSError as e:
+        raise InputError(f"{what} {folder}: cannot write there ({e.strerror or e})") from None
+    return folder
 
 
 @contextlib.contextmanager

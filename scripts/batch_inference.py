@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
+from scripts.atomic_files import check_writable
 from scripts.errors import InputError, ReportedError
 from scripts.inputs import NIFTI_SUFFIXES, check_case, nifti_files, read_datalist
 
@@ -44,6 +45,7 @@ class InferenceBatch:
         self.output_dir = output_dir
         images = self._images(dataset_dir, datalist, key)
         self._refuse_overwrites(images, dataset_dir if not datalist else None, postfix)
+        check_writable(output_dir)
         self.items, self.failed = [], []
         for image in images:
             try:

@@ -120,7 +120,7 @@ def validation_sampler(dataset):
 def rank_zero_only(handlers: list) -> list:
     """``handlers`` without MONAI's file and console writers, on every rank but 0.
 
-    The bundle's own writers (``scripts.ssl.monitor``, ``scripts.metrics``) check ``rank()`` themselves.
+    The bundle's own writers (``scripts.pretraining.monitor``, ``scripts.metrics``) check ``rank()`` themselves.
     """
     if rank() == 0:
         return list(handlers)

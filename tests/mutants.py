@@ -25,10 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROXY, VIEWS, LOSS, NET = (
-    "scripts/ssl/proxy_tasks.py",
-    "scripts/ssl/views.py",
-    "scripts/ssl/loss.py",
-    "scripts/ssl/network.py",
+    "scripts/pretraining/proxy_tasks.py",
+    "scripts/pretraining/views.py",
+    "scripts/pretraining/loss.py",
+    "scripts/pretraining/network.py",
 )
 DATA_TESTS = ["tests/test_method_spec.py", "tests/test_ssl_parts.py", "tests/test_ssl_steps.py"]
 NETWORK_TESTS = ["tests/test_method_spec.py", "tests/test_ssl_parts.py"]

@@ -1,6 +1,8 @@
 """Batch inference takes every image it can, sets the bad ones aside, and never overwrites an input."""
 
+import errno
 import json
+import tempfile
 
 import nibabel as nib
 import numpy as np
@@ -94,3 +96,20 @@ def test_an_interrupted_segmentation_write_leaves_no_file(tmp_path, monkeypatch)
     monkeypatch.undo()
     saver(torch.zeros(1, 4, 4, 4), meta_data={"filename_or_obj": "ct.nii.gz"})
     assert [p.name for p in tmp_path.iterdir()] == ["ct_seg.nii.gz"]
+
+
+def test_an_output_dir_that_cannot_be_written_stops_before_any_image_is_read(tmp_path, monkeypatch):
+    image = tmp_path / "scans" / "a.nii.gz"
+    image.parent.mkdir()
+    image.write_bytes(b"not read: the output check comes first")
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the output folder should be")
+    with pytest.raises(InputError, match=rf"output_dir {taken}: is a file, not a folder"):
+        InferenceBatch(str(image.parent), output_dir=str(taken))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", full)
+    with pytest.raises(InputError, match=r"output_dir .*out: cannot write there \(No space left on device\)"):
+        InferenceBatch(str(image.parent), output_dir=str(tmp_path / "out"))

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from scripts.ssl.loss import nt_xent
+from scripts.pretraining.loss import nt_xent
 
 from conftest import ROOT, bundle_run, configs
 

@@ -4,6 +4,7 @@ import ast
 import importlib
 import json
 import re
+import sys
 
 import pytest
 
@@ -71,7 +72,9 @@ def test_scripts_has_no_import_circle():
 
 def test_scripts_is_organised_by_role():
     top = sorted(p.name for p in SCRIPTS.iterdir() if p.suffix == ".py" or p.is_dir() and p.name != "__pycache__")
-    assert {"ssl", "weights", "training", "tools", "errors.py"} <= set(top)
+    assert {"pretraining", "weights", "training", "tools", "errors.py"} <= set(top)
+    # no package may take a standard-library name (scripts/ssl once shadowed ssl for anything run from scripts/)
+    assert not set(top) & (sys.stdlib_module_names | {f"{name}.py" for name in sys.stdlib_module_names}), top
     assert len([p for p in top if p.endswith(".py")]) <= 10, top
 
 
@@ -192,3 +195,10 @@ def test_repeated_expressions_are_named_once():
     for name in ("multi_gpu_train.json", "multi_gpu_pretrain.json", "multi_gpu_evaluate.json"):
         overlay = json.loads((CONFIGS / name).read_text())
         assert {"@error_hook", "@load_pretrained"} <= set(overlay["initialize"]), name
+
+
+def test_the_demo_runs_its_workflows_from_the_bundle_root():
+    """The demo moved into scripts/tools/ once and ran the configs from scripts/, where scripts/ssl shadowed ssl."""
+    from scripts.tools import demo
+
+    assert demo.ROOT == str(ROOT)

@@ -11,10 +11,10 @@ from monai.utils import set_determinism
 from torch import nn
 
 from scripts.errors import ConfigError
-from scripts.ssl.loss import SSLLoss, nt_xent
-from scripts.ssl.network import SSLHead
-from scripts.ssl.proxy_tasks import check_rotation_plane, mask, rotate
-from scripts.ssl.views import make_views
+from scripts.pretraining.loss import SSLLoss, nt_xent
+from scripts.pretraining.network import SSLHead
+from scripts.pretraining.proxy_tasks import check_rotation_plane, mask, rotate
+from scripts.pretraining.views import make_views
 
 
 @pytest.fixture(autouse=True)

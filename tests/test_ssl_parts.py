@@ -6,9 +6,9 @@ from monai.losses import ContrastiveLoss
 from monai.networks.nets import SwinUNETR
 from monai.utils import set_determinism
 
-from scripts.ssl.loss import SSLLoss
-from scripts.ssl.network import SSLHead
-from scripts.ssl.proxy_tasks import mask, rotate
+from scripts.pretraining.loss import SSLLoss
+from scripts.pretraining.network import SSLHead
+from scripts.pretraining.proxy_tasks import mask, rotate
 
 
 @pytest.fixture(autouse=True)

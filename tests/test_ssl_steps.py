@@ -11,10 +11,10 @@ from monai.utils import set_determinism
 from torch import nn
 
 from scripts.errors import InputError
-from scripts.ssl.data import image_list, usable_images
-from scripts.ssl.loss import SSLLoss
-from scripts.ssl.steps import CropAverage, SSLEvalStep, SSLTrainStep
-from scripts.ssl.views import make_views
+from scripts.pretraining.data import image_list, usable_images
+from scripts.pretraining.loss import SSLLoss
+from scripts.pretraining.steps import CropAverage, SSLEvalStep, SSLTrainStep
+from scripts.pretraining.views import make_views
 
 
 @pytest.fixture(autouse=True)

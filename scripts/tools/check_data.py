@@ -6,8 +6,9 @@
 
 First checks the datalist itself with the workflows' rules (valid JSON; every entry an object with an
 ``image`` file path, a ``label`` path where given, required with ``--labels``; ``test`` may list plain
-paths), one line per malformed entry with its list and index. Then checks each image (and label, when listed) of the datalist's ``training``, ``validation`` and ``test``
-lists, or every NIfTI in a folder, as the workflows do: missing, empty, unreadable, corrupt or
+paths), one line per malformed entry with its list and index. Then checks each image (and label,
+when listed) of the datalist's ``training``, ``validation`` and ``test`` lists, or every NIfTI in a
+folder, as the workflows do: missing, empty, unreadable, corrupt or
 truncated files, 2-D or multi-volume images, non-finite voxels, label shape / affine / values;
 warns about images whose intensities do not look like CT in HU. Prints one line per problem and a
 summary; exits 1 when any error was found.

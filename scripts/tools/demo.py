@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import fire
 import nibabel as nib
@@ -27,7 +28,7 @@ import numpy as np
 
 from scripts.tools.phantoms import BTCV_LABELS, write_phantoms
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(Path(__file__).resolve().parents[2])  # scripts/tools/demo.py -> the bundle root
 ORGANS = [BTCV_LABELS[i] for i in range(1, 14)]
 
 

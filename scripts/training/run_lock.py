@@ -15,6 +15,7 @@ import os
 import socket
 import time
 
+from scripts.atomic_files import check_writable
 from scripts.errors import ReportedError
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class RunLock:
             return {}
 
     def acquire(self) -> RunLock:
-        os.makedirs(self.folder, exist_ok=True)
+        check_writable(self.folder)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(2):
             try:

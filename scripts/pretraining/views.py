@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from scripts.ssl.proxy_tasks import REFERENCE_ROTATION_AXES, mask, rotate
+from scripts.pretraining.proxy_tasks import REFERENCE_ROTATION_AXES, mask, rotate
 
 
 def make_views(
@@ -19,7 +19,7 @@ def make_views(
 
     Returns ``(inputs, rotation targets, reconstruction targets)``: the masked rotated crops
     (2B, C, H, W, D), k (2B,) and the rotated crops without masking (2B, C, H, W, D); view 1 of all
-    crops first, then view 2. Masking arguments: see ``scripts.ssl.proxy_tasks.mask``.
+    crops first, then view 2. Masking arguments: see ``scripts.pretraining.proxy_tasks.mask``.
     """
     x1, k1 = rotate(x, rotation_axes)
     x2, k2 = rotate(x, rotation_axes)

@@ -1,6 +1,6 @@
 """Watching pre-training: a CSV of the loss terms and PNG snapshots of the inpainting task.
 
-Both read the output of ``scripts.ssl.steps.SSLTrainStep`` and write on rank 0 only.
+Both read the output of ``scripts.pretraining.steps.SSLTrainStep`` and write on rank 0 only.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from ignite.metrics import Average
 
-from scripts.ssl.proxy_tasks import REFERENCE_ROTATION_AXES
-from scripts.ssl.views import make_views
+from scripts.pretraining.proxy_tasks import REFERENCE_ROTATION_AXES
+from scripts.pretraining.views import make_views
 
 
 class SSLTrainStep:
@@ -18,8 +18,8 @@ class SSLTrainStep:
         max_grad_norm: clip the global gradient norm to this value (None or 0: no clipping, as the
             reference code by default). Under AMP the gradients are unscaled first, so the threshold
             means the same with and without.
-        max_fraction, min_side, max_side, swap_source: masking (see ``scripts.ssl.proxy_tasks.mask``).
-        rotation_axes: the two spatial axes of the rotation plane (see ``scripts.ssl.proxy_tasks.rotate``).
+        max_fraction, min_side, max_side, swap_source: masking (see ``scripts.pretraining.proxy_tasks.mask``).
+        rotation_axes: the two spatial axes of the rotation plane (see ``scripts.pretraining.proxy_tasks.rotate``).
         image_key: batch key of the crops.
 
     The engine output holds ``loss`` (total, detached), ``terms`` (each loss term and the learning
