@@ -13,7 +13,7 @@ import os
 
 from scripts.atomic_files import check_writable
 from scripts.errors import InputError, ReportedError
-from scripts.inputs import NIFTI_SUFFIXES, check_case, nifti_files, read_datalist
+from scripts.inputs import NIFTI_SUFFIXES, Geometry, check_case, nifti_files, read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,13 @@ class InferenceBatch:
     """
 
     def __init__(
-        self, dataset_dir: str, datalist: str = "", key: str = "test", output_dir: str = "", postfix: str = "seg"
+        self,
+        dataset_dir: str,
+        datalist: str = "",
+        key: str = "test",
+        output_dir: str = "",
+        postfix: str = "seg",
+        geometry: Geometry | None = None,
     ):
         self.output_dir = output_dir
         images = self._images(dataset_dir, datalist, key)
@@ -49,7 +55,7 @@ class InferenceBatch:
         self.items, self.failed = [], []
         for image in images:
             try:
-                check_case({"image": image}, ("image",))
+                check_case({"image": image}, ("image",), geometry=geometry)
             except InputError as e:
                 self.failed.append(str(e))
                 logger.warning(f"skipped, will not be segmented: {e}")

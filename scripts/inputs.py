@@ -59,6 +59,70 @@ def _read(path: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
     return img, data
 
 
+class Geometry:
+    """Plausibility of a volume's voxel geometry, checked before any resampling.
+
+    Args:
+        pixdim: the working spacing (mm) volumes are resampled to; enables the size estimate and the
+            coarse-spacing warning.
+        min_spacing, max_spacing: plausible voxel spacing in mm (CT: about 0.2 to 10 mm); a value
+            outside is almost always a header error (mm written as m, a missing scale).
+        max_resampled_gb: refuse volumes whose image alone, resampled to ``pixdim`` in float32, would
+            take more memory than this; the estimate is in the message.
+        coarse_factor: warn when a spacing is this many times the working one: the result is then
+            interpolated from very few slices.
+    """
+
+    def __init__(
+        self,
+        pixdim=None,
+        min_spacing: float = 0.05,
+        max_spacing: float = 20.0,
+        max_resampled_gb: float = 4.0,
+        coarse_factor: float = 4.0,
+    ):
+        if not 0 < min_spacing < max_spacing:
+            raise ValueError(f"need 0 < min_spacing < max_spacing, got {min_spacing}, {max_spacing}")
+        self.pixdim = None if pixdim is None else np.asarray(pixdim, dtype=float)
+        self.min_spacing, self.max_spacing = min_spacing, max_spacing
+        self.max_resampled_gb, self.coarse_factor = max_resampled_gb, coarse_factor
+
+    def problem(self, affine: np.ndarray, shape) -> str | None:
+        """One line on why the geometry cannot be used, or None."""
+        if not np.all(np.isfinite(affine)):
+            return "affine has non-finite entries (NaN or infinite): the voxel geometry is unknown"
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        if abs(np.linalg.det(affine[:3, :3])) <= 1e-6 * float(np.prod(np.maximum(spacing, 1e-12))) or not spacing.all():
+            return "affine is singular (a zero or repeated axis): the voxel geometry is unknown"
+        shown = ", ".join(f"{v:.4g}" for v in spacing)
+        if spacing.min() < self.min_spacing or spacing.max() > self.max_spacing:
+            return (
+                f"voxel spacing ({shown}) mm outside the plausible {self.min_spacing:g}-{self.max_spacing:g} mm "
+                f"(a header error?); ids min_spacing / max_spacing change the range"
+            )
+        if self.pixdim is not None:
+            resampled = np.ceil(np.asarray(shape[:3]) * spacing / self.pixdim)
+            gb = float(np.prod(resampled)) * 4 / 2**30
+            if gb > self.max_resampled_gb:
+                return (
+                    f"resampled to {self.pixdim.tolist()} mm the image alone would be {resampled.astype(int).tolist()} "
+                    f"voxels, {gb:.1f} GB, above max_resampled_gb={self.max_resampled_gb:g}"
+                )
+        return None
+
+    def warning(self, affine: np.ndarray) -> str | None:
+        if self.pixdim is None:
+            return None
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        if np.any(spacing > self.coarse_factor * self.pixdim):
+            return (
+                f"voxel spacing ({', '.join(f'{v:.4g}' for v in spacing)}) mm is more than {self.coarse_factor:g} "
+                f"times the working spacing {self.pixdim.tolist()} mm along an axis: the result there is "
+                f"interpolated from few slices"
+            )
+        return None
+
+
 def ct_warning(path: str, data: np.ndarray) -> str | None:
     """A warning when intensities do not look like CT in Hounsfield units (air near -1000, bone above 300)."""
     low, high = np.percentile(data, [0.5, 99.5])
@@ -70,18 +134,32 @@ def ct_warning(path: str, data: np.ndarray) -> str | None:
     return None
 
 
-def check_case(item: dict, keys=("image",), num_classes: int | None = None, warnings: list | None = None) -> None:
-    """Check one datalist entry: readable 3-D volumes; label values in range and on the image grid.
+def check_case(
+    item: dict,
+    keys=("image",),
+    num_classes: int | None = None,
+    warnings: list | None = None,
+    geometry: Geometry | None = None,
+) -> None:
+    """Check one datalist entry: readable 3-D volumes with a usable geometry (``Geometry``, default
+    limits unless given); label values in range and on the image grid.
 
-    Warnings (intensities that do not look like CT) are appended to ``warnings`` or logged.
+    Warnings (intensities that do not look like CT, coarse spacing) are appended to ``warnings`` or logged.
     """
+    geometry = geometry or Geometry()
     loaded = {key: _read(item[key], key) for key in keys if key in item}
+    for key, (img, data) in loaded.items():
+        if problem := geometry.problem(img.affine, data.shape):
+            raise InputError(f"{key} {item[key]}: {problem}")
     if "image" in loaded:
-        warning = ct_warning(item["image"], loaded["image"][1])
-        if warning and warnings is not None:
-            warnings.append(warning)
-        elif warning:
-            logging.getLogger(__name__).warning(warning)
+        img, data = loaded["image"]
+        for warning in (ct_warning(item["image"], data), geometry.warning(img.affine)):
+            if warning and not warning.startswith("image "):
+                warning = f"image {item['image']}: {warning}"
+            if warning and warnings is not None:
+                warnings.append(warning)
+            elif warning:
+                logging.getLogger(__name__).warning(warning)
     missing = [key for key in keys if key not in item]
     if missing:
         raise InputError(f"datalist entry {item}: no {', '.join(missing)} given")
@@ -174,13 +252,15 @@ def read_datalist(datalist: str, key: str, base_dir: str, is_segmentation: bool 
     return load_decathlon_datalist(datalist, is_segmentation=is_segmentation, data_list_key=key, base_dir=base_dir)
 
 
-def checked_datalist(datalist: str, key: str, base_dir: str, keys=("image", "label"), num_classes=None) -> list:
+def checked_datalist(
+    datalist: str, key: str, base_dir: str, keys=("image", "label"), num_classes=None, geometry: Geometry | None = None
+) -> list:
     """Read an MSD-style datalist (paths relative to ``base_dir``) and check every file in it."""
     items = read_datalist(datalist, key, base_dir)
     if not items:
         raise InputError(f"datalist {datalist}: list '{key}' is empty")
     for item in items:
-        check_case(item, keys, num_classes)
+        check_case(item, keys, num_classes, geometry=geometry)
     return items
 
 

@@ -146,3 +146,28 @@ def test_folder_without_images_is_reported(case_dir, random_model):
         check=False,
     )
     assert_clean_failure(proc, "no NIfTI images", case_dir / "out", case_dir / "out")
+
+
+def test_volumes_with_untrustworthy_geometry_are_skipped_and_named_while_the_good_one_is_segmented(
+    case_dir, random_model
+):
+    good = np.full((40, 40, 20), -500, np.int16)
+    save(case_dir / "images" / "good.nii.gz", good, np.diag([4.0, 4.0, 4.0, 1.0]))
+    save(case_dir / "images" / "spacing_40mm.nii.gz", good, np.diag([40.0, 40.0, 40.0, 1.0]))
+    nan = np.diag([4.0, 4.0, 4.0, 1.0])
+    nan[0, 3] = np.nan
+    header = nib.Nifti1Header()  # nibabel refuses to derive a qform from it: set the sform alone
+    header.set_data_dtype(good.dtype)
+    header.set_sform(nan, code=1)
+    nib.save(nib.Nifti1Image(good, None, header), case_dir / "images" / "nan_affine.nii.gz")
+    proc = bundle_run(
+        ["inference.json", "small.json"],
+        {"dataset_dir": case_dir / "images", "ckpt_dir": random_model, "output_dir": case_dir / "out"},
+        check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    error = error_message(proc)
+    assert error.startswith("ERROR: 2 of 3 images could not be segmented (the other 1 were written to")
+    assert "spacing_40mm.nii.gz: voxel spacing (40, 40, 40) mm outside the plausible" in error
+    assert "nan_affine.nii.gz: affine has non-finite entries" in error
+    assert sorted(p.name for p in (case_dir / "out").iterdir()) == ["good_seg.nii.gz"]

@@ -41,3 +41,57 @@ def test_empty_file_and_empty_list(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({"training": []}))
     with pytest.raises(InputError, match="list 'training' is empty"):
         checked_datalist(str(tmp_path / "d.json"), "training", str(tmp_path))
+
+
+def write_header_affine(path, array, affine):
+    """A NIfTI whose sform is ``affine`` as given (nibabel refuses to derive a qform from a broken one)."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(array.dtype)
+    header.set_sform(affine, code=1)
+    nib.save(nib.Nifti1Image(array, None, header), str(path))
+    return str(path)
+
+
+def nan_affine():
+    affine = np.eye(4)
+    affine[1, 1] = np.nan
+    return affine
+
+
+@pytest.mark.parametrize(
+    "affine, problem",
+    [
+        (nan_affine(), "affine has non-finite entries (NaN or infinite): the voxel geometry is unknown"),
+        (np.diag([1.0, 0.0, 1.0, 1.0]), "affine is singular (a zero or repeated axis)"),
+        (
+            np.diag([0.001, 0.001, 0.001, 1.0]),
+            "voxel spacing (0.001, 0.001, 0.001) mm outside the plausible 0.05-20 mm",
+        ),
+        (np.diag([40.0, 40.0, 40.0, 1.0]), "voxel spacing (40, 40, 40) mm outside the plausible 0.05-20 mm"),
+    ],
+    ids=["NaN entry", "zero column", "0.001 mm", "40 mm"],
+)
+def test_a_volume_whose_geometry_cannot_be_trusted_is_refused_naming_the_reason(tmp_path, affine, problem):
+    image = write_header_affine(tmp_path / "img.nii.gz", np.zeros((8, 8, 8), np.int16), affine)
+    with pytest.raises(InputError) as refused:
+        check_case({"image": image}, ("image",))
+    assert str(refused.value).startswith(f"image {image}: {problem}")
+
+
+def test_the_resampled_size_is_estimated_and_refused_above_the_limit_before_resampling(tmp_path):
+    from scripts.inputs import Geometry
+
+    # 64^3 voxels of 10 mm at a working spacing of 0.5 mm: 1280^3 float32 voxels, 7.8 GB
+    image = write(tmp_path / "img.nii.gz", np.zeros((64, 64, 64), np.int16), np.diag([10.0, 10.0, 10.0, 1.0]))
+    with pytest.raises(InputError, match=r"would be \[1280, 1280, 1280\] voxels, 7.8 GB, above max_resampled_gb=4"):
+        check_case({"image": image}, ("image",), geometry=Geometry(pixdim=[0.5, 0.5, 0.5]))
+    check_case({"image": image}, ("image",), geometry=Geometry(pixdim=[0.5, 0.5, 0.5], max_resampled_gb=10))
+
+
+def test_a_spacing_much_coarser_than_the_working_one_is_a_warning(tmp_path):
+    from scripts.inputs import Geometry
+
+    image = write(tmp_path / "img.nii.gz", np.full((8, 8, 8), -1000, np.int16), np.diag([1.0, 1.0, 10.0, 1.0]))
+    warnings = []
+    check_case({"image": image}, ("image",), warnings=warnings, geometry=Geometry(pixdim=[1.5, 1.5, 2.0]))
+    assert any("more than 4 times the working spacing [1.5, 1.5, 2.0] mm" in w for w in warnings), warnings

@@ -8,6 +8,7 @@ where a datalist has them, are not used. Among thousands of public volumes a few
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import torch
 from scripts.atomic_files import atomic_path
 from scripts.distributed import rank, world_size
 from scripts.errors import InputError
-from scripts.inputs import check_case, nifti_files, read_datalist
+from scripts.inputs import Geometry, check_case, nifti_files, read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +67,23 @@ def image_list(sources, key: str = "training") -> list[dict]:
     return out
 
 
-def _problems(item: dict) -> tuple[str | None, list[str]]:
+def _problems(item: dict, geometry: Geometry | None = None) -> tuple[str | None, list[str]]:
     """(error or None, warnings) of one volume, read in full."""
     warnings = []
     try:
-        check_case(item, ("image",), warnings=warnings)
+        check_case(item, ("image",), warnings=warnings, geometry=geometry)
     except InputError as e:
         return str(e), warnings
     return None, warnings
 
 
-def _checked(items: list[dict], pool):
+def _checked(items: list[dict], pool, geometry: Geometry | None = None):
     """(error, warnings) of every item, in order; under torch.distributed each rank reads its share."""
+    problems = functools.partial(_problems, geometry=geometry)
     if world_size() == 1:
-        yield from pool.map(_problems, items)
+        yield from pool.map(problems, items)
         return
-    share = dict(zip(range(rank(), len(items), world_size()), pool.map(_problems, items[rank() :: world_size()])))
+    share = dict(zip(range(rank(), len(items), world_size()), pool.map(problems, items[rank() :: world_size()])))
     shares = [None] * world_size()
     torch.distributed.all_gather_object(shares, share)
     merged = {i: result for s in shares for i, result in s.items()}
@@ -89,9 +91,14 @@ def _checked(items: list[dict], pool):
 
 
 def usable_images(
-    items: list[dict], max_skipped_fraction: float = 0.05, num_threads: int = 4, report: str | None = None
+    items: list[dict],
+    max_skipped_fraction: float = 0.05,
+    num_threads: int = 4,
+    report: str | None = None,
+    geometry: Geometry | None = None,
 ) -> list[dict]:
-    """The entries of ``items`` whose volume reads as one finite 3-D image; the others are skipped.
+    """The entries of ``items`` whose volume reads as one finite 3-D image with a usable ``geometry``
+    (``scripts.inputs.Geometry``); the others are skipped.
 
     Every volume is read in full (a truncated file only fails on decompression) by ``num_threads``
     threads. Each skipped volume is logged with the running count; the run stops with an
@@ -105,7 +112,7 @@ def usable_images(
     progress_every = max(1, total // 10)
     speak = rank() == 0  # under torchrun every rank reaches the same verdicts; one of them reports
     with ThreadPoolExecutor(max(1, int(num_threads))) as pool:
-        for i, (item, (error, warnings)) in enumerate(zip(items, _checked(items, pool)), 1):
+        for i, (item, (error, warnings)) in enumerate(zip(items, _checked(items, pool, geometry)), 1):
             for warning in warnings if speak else ():
                 logger.warning(warning)
             if error is None:
