@@ -31,6 +31,8 @@ def nifti_files(pattern: str) -> list[str]:
 def _read(path: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
     """Open and fully read one NIfTI volume; raise InputError naming the file on any problem."""
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise InputError(f"{what} {path}: broken or looping symbolic link")
         raise InputError(f"{what} {path}: file not found")
     if os.path.isdir(path):
         raise InputError(f"{what} {path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")

@@ -130,9 +130,9 @@ def test_image_list_merges_datalists_and_globs_once_each(tmp_path):
     ]
 
 
-def test_image_list_names_the_source_with_a_missing_file_or_no_images(tmp_path):
+def test_image_list_names_a_source_with_no_images_or_none_that_exists(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps({"training": [{"image": "gone.nii.gz"}]}))
-    with pytest.raises(InputError, match="list.json.*not found.*gone.nii.gz"):
+    with pytest.raises(InputError, match="list.json.*none of its 1 files exists, e.g. .*gone.nii.gz"):
         image_list(str(tmp_path / "list.json"))
     with pytest.raises(InputError, match="no images found"):
         image_list(str(tmp_path / "nothing" / "*.nii.gz"))
@@ -187,3 +187,22 @@ def test_too_many_unusable_volumes_stop_the_run_at_once(tmp_path):
     ):
         usable_images(items, max_skipped_fraction=0.2)
     assert len(usable_images(items, max_skipped_fraction=0.25)) == 7
+
+
+def test_links_to_nothing_and_folders_named_like_images_are_skipped_not_fatal(tmp_path, phantoms):
+    good = [tmp_path / f"good_{i}.nii.gz" for i in range(8)]
+    for path in good:
+        path.symlink_to(phantoms / "imagesTr" / "phantom_000.nii.gz")
+    (tmp_path / "dangling.nii.gz").symlink_to(tmp_path / "nowhere.nii.gz")
+    (tmp_path / "loop_a.nii.gz").symlink_to(tmp_path / "loop_b.nii.gz")
+    (tmp_path / "loop_b.nii.gz").symlink_to(tmp_path / "loop_a.nii.gz")
+    (tmp_path / "folder.nii.gz").mkdir()
+    items = image_list(str(tmp_path / "*.nii.gz"))
+    assert len(items) == 12
+    kept = usable_images(items, max_skipped_fraction=0.5, num_threads=1, report=str(tmp_path / "skipped.csv"))
+    assert sorted(item["image"] for item in kept) == sorted(str(p) for p in good)
+    with open(tmp_path / "skipped.csv") as f:
+        problems = {row["image"].rsplit("/", 1)[1]: row["problem"] for row in csv.DictReader(f)}
+    assert "broken or looping symbolic link" in problems["dangling.nii.gz"]
+    assert "broken or looping symbolic link" in problems["loop_a.nii.gz"] and "loop_b.nii.gz" in problems
+    assert "is a folder" in problems["folder.nii.gz"]

@@ -47,8 +47,9 @@ def image_list(sources, key: str = "training") -> list[dict]:
 
     A source is a datalist JSON (its ``key`` list, paths relative to the JSON's folder), a folder or
     glob of NIfTI files, or a dict ``{"datalist": ..., "base_dir": ..., "key": ...}`` /
-    ``{"glob": ...}``. Every listed file must exist; an empty source is an error, since a silently
-    empty collection would skew the mix without notice.
+    ``{"glob": ...}``. An empty source, or one none of whose files exists (a wrong base folder), is an
+    error, since a silently empty collection would skew the mix without notice; single missing files,
+    broken links and folders named like images are left to ``usable_images``, which skips them.
     """
     if isinstance(sources, (str, dict)):
         sources = [sources]
@@ -57,9 +58,8 @@ def image_list(sources, key: str = "training") -> list[dict]:
         name, images = _entries(source, key)
         if not images:
             raise InputError(f"pre-training source {name}: no images found")
-        missing = [p for p in images if not os.path.isfile(p)]
-        if missing:
-            raise InputError(f"pre-training source {name}: {len(missing)} listed file(s) not found, e.g. {missing[0]}")
+        if not any(os.path.isfile(p) for p in images):
+            raise InputError(f"pre-training source {name}: none of its {len(images)} files exists, e.g. {images[0]}")
         new = [p for p in images if p not in seen]
         seen.update(new)
         out += [{"image": p} for p in new]
