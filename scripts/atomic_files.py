@@ -74,11 +74,45 @@ def atomic_path(path: str):
             os.remove(tmp)
 
 
+def stored_shape(meta: dict | None) -> tuple | None:
+    """The array shape of the input file as its NIfTI header ``dim`` field records it (e.g. ``(x, y, z, 1)``)."""
+    dim = (meta or {}).get("dim")
+    try:
+        ndim = int(dim[0])
+        return tuple(int(d) for d in dim[1 : ndim + 1]) if 1 <= ndim <= 7 else None
+    except (TypeError, IndexError, ValueError):
+        return None
+
+
+def _trimmed(shape) -> tuple:
+    shape = tuple(shape)
+    while shape and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
 class AtomicNibabelWriter(NibabelWriter):
-    """MONAI's NIfTI writer (for ``SaveImage(d)``'s ``writer``) writing each file atomically."""
+    """MONAI's NIfTI writer (for ``SaveImage(d)``'s ``writer``) writing each file atomically, in the input
+    file's exact shape: MONAI drops trailing singleton dimensions, so a one-slice ``(x, y, 1)`` input would
+    give a 2-D map and an ``(x, y, z, 1)`` input an ``(x, y, z)`` one; they are put back from the input's
+    header (``dim``), which the inverted prediction carries."""
+
+    def set_data_array(self, data_array, channel_dim=0, squeeze_end_dims: bool = True, **kwargs):
+        self.squeeze_end_dims = squeeze_end_dims  # applied in write(), where the input's shape is known
+        super().set_data_array(data_array, channel_dim=channel_dim, squeeze_end_dims=False, **kwargs)
+
+    def set_metadata(self, meta_dict=None, resample: bool = True, **options):
+        self.input_shape = stored_shape(meta_dict)
+        super().set_metadata(meta_dict, resample=resample, **options)
 
     def write(self, filename, verbose: bool = False, **obj_kwargs):
         if verbose:
             logger.info(f"writing: {filename}")
+        shape, data = getattr(self, "input_shape", None), self.data_obj
+        if data is not None:
+            if shape and _trimmed(data.shape) == _trimmed(shape):
+                self.data_obj = data.reshape(shape)
+            elif getattr(self, "squeeze_end_dims", True):
+                self.data_obj = data.reshape(_trimmed(data.shape) or (1,))
         with atomic_path(filename) as tmp:
             super().write(tmp, verbose=False, **obj_kwargs)

@@ -171,3 +171,17 @@ def test_volumes_with_untrustworthy_geometry_are_skipped_and_named_while_the_goo
     assert "spacing_40mm.nii.gz: voxel spacing (40, 40, 40) mm outside the plausible" in error
     assert "nan_affine.nii.gz: affine has non-finite entries" in error
     assert sorted(p.name for p in (case_dir / "out").iterdir()) == ["good_seg.nii.gz"]
+
+
+def test_inference_keeps_the_exact_shape_and_affine_of_singleton_and_one_slice_inputs(case_dir, random_model):
+    affine = np.array([[-4.0, 0, 0, 10], [0, -4.0, 0, 20], [0, 0, 4.0, -30], [0, 0, 0, 1]])
+    inputs = {"four_d.nii.gz": (40, 40, 20, 1), "one_slice.nii.gz": (40, 40, 1)}
+    for name, shape in inputs.items():
+        save(case_dir / "images" / name, np.full(shape, -500, np.int16), affine)
+    bundle_run(
+        ["inference.json", "small.json"],
+        {"dataset_dir": case_dir / "images", "ckpt_dir": random_model, "output_dir": case_dir / "out"},
+    )
+    for name, shape in inputs.items():
+        seg = nib.load(case_dir / "out" / name.replace(".nii.gz", "_seg.nii.gz"))
+        assert seg.shape == shape and np.allclose(seg.affine, affine), name

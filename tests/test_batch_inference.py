@@ -113,3 +113,28 @@ def test_an_output_dir_that_cannot_be_written_stops_before_any_image_is_read(tmp
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", full)
     with pytest.raises(InputError, match=r"output_dir .*out: cannot write there \(No space left on device\)"):
         InferenceBatch(str(image.parent), output_dir=str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 1), (6, 5, 4, 1), (6, 5, 4)])
+def test_segmentations_are_written_in_the_exact_shape_of_the_input_file(tmp_path, shape):
+    """MONAI drops trailing singleton dimensions; a one-slice or (x, y, z, 1) input must keep them."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import SaveImage
+
+    from scripts.atomic_files import AtomicNibabelWriter
+
+    spatial = tuple(shape[:3])
+    dim = np.array([len(shape), *shape] + [1] * (7 - len(shape)))  # the NIfTI header field the reader keeps
+    meta = {"dim": dim, "original_affine": np.eye(4), "spatial_shape": np.array(spatial)}
+    pred = MetaTensor(torch.ones((1, *spatial)), affine=torch.eye(4), meta={**meta, "filename_or_obj": "x.nii.gz"})
+    SaveImage(
+        output_dir=str(tmp_path),
+        output_postfix="seg",
+        separate_folder=False,
+        writer=AtomicNibabelWriter,
+        resample=False,
+        output_dtype=np.uint8,
+        print_log=False,
+    )(pred)
+    assert nib.load(tmp_path / "x_seg.nii.gz").shape == shape
