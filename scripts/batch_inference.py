@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
+
 from scripts.atomic_files import check_writable
 from scripts.errors import InputError, ReportedError
 from scripts.inputs import NIFTI_SUFFIXES, Geometry, check_case, nifti_files, read_datalist
@@ -101,6 +103,33 @@ class InferenceBatch:
                 )
             planned[real(out)] = image
 
+    def guarded(self, transform):
+        """``transform`` that, when it fails on an image, returns a placeholder naming the image and the
+        failure instead of raising (it runs in data-loader workers, so the failure travels with the data)."""
+        return _GuardedTransform(transform)
+
+    def isolate(self, evaluator):
+        """Make each volume's processing in ``evaluator`` (network, post-processing, writing) independent:
+        a failure, or a placeholder from ``guarded``, is recorded with the file name and the run goes on."""
+        process = evaluator._process_function  # ignite's per-iteration function (MONAI's _iteration)
+
+        def one_volume(engine, batch):
+            failed = batch.get(FAILED_KEY) if isinstance(batch, dict) else None
+            if failed:
+                return self._record(failed[0])
+            try:
+                return process(engine, batch)
+            except Exception as e:  # any failure of this volume: it is reported, the others go on
+                return self._record(f"image {_file_name(batch)}: {_one_line(e)}")
+
+        evaluator._process_function = one_volume
+        return evaluator
+
+    def _record(self, failure: str) -> dict:
+        self.failed.append(failure)
+        logger.warning(f"could not segment {failure}")
+        return {}
+
     def finish(self) -> None:
         """Raise ``BatchInferenceError`` when any image was skipped (the workflow then exits non-zero)."""
         if self.failed:
@@ -111,3 +140,34 @@ class InferenceBatch:
                 + ":\n  "
                 + "\n  ".join(self.failed)
             )
+
+
+FAILED_KEY = "segmentation_failed"
+
+
+def _one_line(error: Exception) -> str:
+    """The innermost cause of ``error`` on one line (MONAI wraps transform errors in RuntimeErrors)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _file_name(batch) -> str:
+    try:
+        image = batch["image"]
+        name = image.meta["filename_or_obj"]
+        return str(name[0] if isinstance(name, (list, tuple)) else name)
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return "(unknown file)"
+
+
+class _GuardedTransform:
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, item: dict):
+        try:
+            return self.transform(item)
+        except Exception as e:
+            return {"image": torch.zeros(1, 1, 1, 1), FAILED_KEY: f"image {item.get('image')}: {_one_line(e)}"}

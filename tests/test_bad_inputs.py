@@ -185,3 +185,33 @@ def test_inference_keeps_the_exact_shape_and_affine_of_singleton_and_one_slice_i
     for name, shape in inputs.items():
         seg = nib.load(case_dir / "out" / name.replace(".nii.gz", "_seg.nii.gz"))
         assert seg.shape == shape and np.allclose(seg.affine, affine), name
+
+
+# Failures that no check can foresee, planted in one volume each: in its transforms, and in its post-processing.
+EXPLODING = {
+    "dataset#transform": "$@batch.guarded(monai.transforms.Compose([@preprocessing, monai.transforms.Lambdad("
+    "'image', lambda x: 1 / 0 if 'explode_in_transform' in str(x.meta['filename_or_obj']) else x)]))",
+    "postprocessing#transforms#0": {
+        "_target_": "Lambdad",
+        "keys": "pred",
+        "func": "$lambda x: 1 / 0 if 'explode_in_postprocessing' in str(x.meta['filename_or_obj']) else x.softmax(0)",
+    },
+}
+
+
+def test_a_volume_failing_anywhere_in_its_processing_is_reported_and_the_batch_goes_on(case_dir, random_model):
+    for name in ("explode_in_transform", "good", "explode_in_postprocessing"):
+        save(case_dir / "images" / f"{name}.nii.gz", np.full((40, 40, 20), -500, np.int16), np.diag([4.0, 4, 4, 1]))
+    overlay = case_dir / "exploding.json"
+    overlay.write_text(json.dumps(EXPLODING))
+    proc = bundle_run(
+        ["inference.json", "small.json", str(overlay)],
+        {"dataset_dir": case_dir / "images", "ckpt_dir": random_model, "output_dir": case_dir / "out"},
+        check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    error = error_message(proc)
+    assert error.startswith("ERROR: 2 of 3 images could not be segmented (the other 1 were written to")
+    for name in ("explode_in_transform", "explode_in_postprocessing"):
+        assert f"{name}.nii.gz: ZeroDivisionError: division by zero" in error
+    assert sorted(p.name for p in (case_dir / "out").iterdir()) == ["good_seg.nii.gz"]
