@@ -14,7 +14,7 @@ import os
 import torch
 
 from scripts.atomic_files import check_writable
-from scripts.errors import InputError, ReportedError
+from scripts.errors import InputError, ReportedError, one_line
 from scripts.inputs import NIFTI_SUFFIXES, Geometry, check_case, nifti_files, read_datalist
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class InferenceBatch:
             try:
                 return process(engine, batch)
             except Exception as e:  # any failure of this volume: it is reported, the others go on
-                return self._record(f"image {_file_name(batch)}: {_one_line(e)}")
+                return self._record(f"image {_file_name(batch)}: {one_line(e)}")
 
         evaluator._process_function = one_volume
         return evaluator
@@ -145,14 +145,6 @@ class InferenceBatch:
 FAILED_KEY = "segmentation_failed"
 
 
-def _one_line(error: Exception) -> str:
-    """The innermost cause of ``error`` on one line (MONAI wraps transform errors in RuntimeErrors)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 def _file_name(batch) -> str:
     try:
         image = batch["image"]
@@ -170,4 +162,4 @@ class _GuardedTransform:
         try:
             return self.transform(item)
         except Exception as e:
-            return {"image": torch.zeros(1, 1, 1, 1), FAILED_KEY: f"image {item.get('image')}: {_one_line(e)}"}
+            return {"image": torch.zeros(1, 1, 1, 1), FAILED_KEY: f"image {item.get('image')}: {one_line(e)}"}

@@ -22,6 +22,15 @@ class ConfigError(ReportedError, ValueError):
     """A setting that cannot work; the message names the id, its value and the rule it breaks."""
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: message`` of the innermost cause of ``error`` on one line (MONAI wraps transform errors in
+    ``RuntimeError("applying transform ...")``, which names the transform but not the problem)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
 def install_error_hook() -> None:
     """Make an uncaught ``ReportedError`` print ``ERROR: <message>`` and exit with status 1."""
     previous = sys.excepthook

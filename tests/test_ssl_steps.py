@@ -206,3 +206,39 @@ def test_links_to_nothing_and_folders_named_like_images_are_skipped_not_fatal(tm
     assert "broken or looping symbolic link" in problems["dangling.nii.gz"]
     assert "broken or looping symbolic link" in problems["loop_a.nii.gz"] and "loop_b.nii.gz" in problems
     assert "is a folder" in problems["folder.nii.gz"]
+
+
+def exploding_transform():
+    """A deterministic transform that fails for images named 'bad*', as an unforeseen loading error would."""
+    from monai.transforms import Compose, Lambdad
+
+    def load(name):
+        if name.startswith("bad"):
+            raise MemoryError(f"cannot allocate for {name}")
+        return torch.full((1, 2, 2, 2), float(ord(name[0])))
+
+    return Compose([Lambdad("image", load)])
+
+
+@pytest.mark.parametrize("cache_rate", [1.0, 0.0])
+def test_a_volume_failing_to_load_is_skipped_counted_and_replaced_by_the_next(tmp_path, caplog, cache_rate):
+    from scripts.pretraining.data import SkippingCacheDataset
+
+    data = [{"image": "a"}, {"image": "bad_1"}, {"image": "c"}, {"image": "d"}]
+    report = tmp_path / "skipped.csv"
+    dataset = SkippingCacheDataset(
+        data, exploding_transform(), cache_rate=cache_rate, num_workers=1, max_skipped_fraction=0.5, report=str(report)
+    )
+    drawn = [float(dataset[i]["image"][0, 0, 0, 0]) for i in range(4)]
+    assert drawn == [ord("a"), ord("c"), ord("c"), ord("d")]  # the failed one is replaced by the next usable one
+    assert "skipped image bad_1: failed to load (MemoryError: cannot allocate for bad_1)" in caplog.text
+    with open(report) as f:
+        assert [row["image"] for row in csv.DictReader(f)] == ["bad_1"]
+
+
+def test_too_many_volumes_failing_to_load_stop_the_run():
+    from scripts.pretraining.data import SkippingCacheDataset
+
+    data = [{"image": "a"}, {"image": "bad_1"}, {"image": "bad_2"}]
+    with pytest.raises(InputError, match=r"2 of 3 pre-training volumes failed to load \(more than max_skipped"):
+        SkippingCacheDataset(data, exploding_transform(), cache_rate=1.0, num_workers=1, max_skipped_fraction=0.5)

@@ -14,10 +14,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from monai.data import CacheDataset
 
 from scripts.atomic_files import atomic_path
 from scripts.distributed import rank, world_size
-from scripts.errors import InputError
+from scripts.errors import InputError, one_line
 from scripts.inputs import Geometry, check_case, nifti_files, read_datalist
 
 logger = logging.getLogger(__name__)
@@ -141,3 +142,54 @@ def usable_images(
             + (f", listed in {report}" if report else "")
         )
     return kept
+
+
+class SkippingCacheDataset(CacheDataset):
+    """MONAI's ``CacheDataset`` for pre-training that skips a volume whose loading fails (any error of
+    its transforms: resampling, memory, a reader error the checks could not foresee) instead of stopping.
+
+    A failed volume is logged with its file and the reason, counted, and replaced by the next usable
+    one of the list whenever it is drawn; more than ``max_skipped_fraction`` of the list failing stops
+    the run, as in ``usable_images``. Failures while caching are also appended to ``report`` (CSV).
+    """
+
+    def __init__(self, *args, max_skipped_fraction: float = 0.05, report: str | None = None, **kwargs):
+        self.max_skipped_fraction, self.report = max_skipped_fraction, report
+        self.failed: dict[int, str] = {}
+        super().__init__(*args, **kwargs)
+        if len(self.failed) > self.max_skipped_fraction * max(len(self.data), 1):
+            raise InputError(
+                f"{len(self.failed)} of {len(self.data)} pre-training volumes failed to load (more than "
+                f"max_skipped_fraction={self.max_skipped_fraction:g}), e.g. {next(iter(self.failed.values()))}"
+            )
+
+    def _skip(self, index: int, error: Exception) -> None:
+        image = self.data[index].get("image") if isinstance(self.data[index], dict) else self.data[index]
+        self.failed[index] = f"image {image}: failed to load ({one_line(error)})"
+        logger.warning(f"skipped {self.failed[index]} ({len(self.failed)} skipped of {len(self.data)})")
+        if self.report and rank() == 0:
+            new = not os.path.exists(self.report)
+            os.makedirs(os.path.dirname(os.path.abspath(self.report)), exist_ok=True)
+            with open(self.report, "a", newline="") as f:
+                writer = csv.writer(f)
+                if new:
+                    writer.writerow(["image", "problem"])
+                writer.writerow([image, self.failed[index]])
+
+    def _load_cache_item(self, idx: int):
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as e:  # one volume: skipped and counted, the others are cached
+            self._skip(idx, e)
+            return None
+
+    def _transform(self, index: int):
+        for step in range(len(self.data)):
+            candidate = (index + step) % len(self.data)
+            if candidate in self.failed:
+                continue
+            try:
+                return super()._transform(candidate)
+            except Exception as e:  # loaded on the fly (cache_rate < 1): skipped from now on in this process
+                self._skip(candidate, e)
+        raise InputError(f"none of the {len(self.data)} pre-training volumes could be loaded")
