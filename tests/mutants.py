@@ -108,7 +108,7 @@ MUTANTS = [
         PROXY,
         ".clamp_min(1e-8)",
         ".clamp_min(1e-12)",
-        "boxes hold at least 2 voxels of continuous noise: the range is never below 1e-8",
+        "a box's noise range is 0 (one voxel: 0 / eps either way) or, for Gaussian draws, far above 1e-8",
     ),
     ("views_mask_unrotated", VIEWS, "m1, _ = mask(x1,", "m1, _ = mask(x,", None),
     ("views_target_unrotated", VIEWS, "torch.cat([x1, x2])", "torch.cat([x, x])", None),
