@@ -115,11 +115,11 @@ class Geometry:
     def warning(self, affine: np.ndarray) -> str | None:
         if self.pixdim is None:
             return None
-        spacing = np.linalg.norm(affine[:3, :3], axis=0)
-        if np.any(spacing > self.coarse_factor * self.pixdim):
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)  # file axes: compared orientation-free, coarsest first
+        if spacing.max() > self.coarse_factor * self.pixdim.max():
             return (
                 f"voxel spacing ({', '.join(f'{v:.4g}' for v in spacing)}) mm is more than {self.coarse_factor:g} "
-                f"times the working spacing {self.pixdim.tolist()} mm along an axis: the result there is "
+                f"times the coarsest working spacing {self.pixdim.tolist()} mm: the result along that axis is "
                 f"interpolated from few slices"
             )
         return None

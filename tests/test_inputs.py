@@ -94,4 +94,4 @@ def test_a_spacing_much_coarser_than_the_working_one_is_a_warning(tmp_path):
     image = write(tmp_path / "img.nii.gz", np.full((8, 8, 8), -1000, np.int16), np.diag([1.0, 1.0, 10.0, 1.0]))
     warnings = []
     check_case({"image": image}, ("image",), warnings=warnings, geometry=Geometry(pixdim=[1.5, 1.5, 2.0]))
-    assert any("more than 4 times the working spacing [1.5, 1.5, 2.0] mm" in w for w in warnings), warnings
+    assert any("more than 4 times the coarsest working spacing [1.5, 1.5, 2.0] mm" in w for w in warnings), warnings
