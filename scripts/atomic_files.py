@@ -7,6 +7,7 @@ file, never a truncated output that a later step would take for a complete one.
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import os
 import tempfile
@@ -53,6 +54,18 @@ def check_writable(folder: str, what: str = "output_dir", probe_bytes: int = 1 <
     except OSError as e:
         raise InputError(f"{what} {folder}: cannot write there ({e.strerror or e})") from None
     return folder
+
+
+def append_csv_row(path: str, header: list, row: list) -> None:
+    """Append one row to a CSV log (the header first when the file is new). Appends of whole rows are
+    not atomic but lose nothing already written, which is what a log of a long run needs."""
+    new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(header)
+        writer.writerow(row)
 
 
 @contextlib.contextmanager

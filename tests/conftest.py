@@ -137,3 +137,13 @@ def pretrained(tmp_path_factory, phantoms):
         "sources": sources,
         "broken": sorted(str(p) for p in broken.iterdir()),
     }
+
+
+@pytest.fixture
+def seeded():
+    """Random draws of the test reproducible (seed 0), and the global state released afterwards."""
+    from monai.utils import set_determinism
+
+    set_determinism(seed=0)
+    yield
+    set_determinism(seed=None)

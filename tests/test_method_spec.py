@@ -16,12 +16,7 @@ from scripts.pretraining.network import SSLHead
 from scripts.pretraining.proxy_tasks import check_rotation_plane, mask, rotate
 from scripts.pretraining.views import make_views
 
-
-@pytest.fixture(autouse=True)
-def determinism():
-    set_determinism(seed=0)
-    yield
-    set_determinism(seed=None)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def test_cut_out_boxes_are_filled_with_noise_spanning_zero_to_one():

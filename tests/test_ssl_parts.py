@@ -10,12 +10,7 @@ from scripts.pretraining.loss import SSLLoss
 from scripts.pretraining.network import SSLHead
 from scripts.pretraining.proxy_tasks import mask, rotate
 
-
-@pytest.fixture(autouse=True)
-def determinism():
-    set_determinism(seed=0)
-    yield
-    set_determinism(seed=None)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def test_rotating_back_by_the_target_recovers_each_crop():

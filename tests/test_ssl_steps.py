@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from monai.utils import set_determinism
 from torch import nn
 
 from scripts.errors import InputError
@@ -16,12 +15,7 @@ from scripts.pretraining.loss import SSLLoss
 from scripts.pretraining.steps import CropAverage, SSLEvalStep, SSLTrainStep
 from scripts.pretraining.views import make_views
 
-
-@pytest.fixture(autouse=True)
-def determinism():
-    set_determinism(seed=0)
-    yield
-    set_determinism(seed=None)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 class TinySSL(nn.Module):

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from monai.data import CacheDataset
 
-from scripts.atomic_files import atomic_path
+from scripts.atomic_files import append_csv_row, atomic_path
 from scripts.distributed import rank, world_size
 from scripts.errors import InputError, one_line
 from scripts.inputs import Geometry, check_case, nifti_files, read_datalist
@@ -168,13 +168,7 @@ class SkippingCacheDataset(CacheDataset):
         self.failed[index] = f"image {image}: failed to load ({one_line(error)})"
         logger.warning(f"skipped {self.failed[index]} ({len(self.failed)} skipped of {len(self.data)})")
         if self.report and rank() == 0:
-            new = not os.path.exists(self.report)
-            os.makedirs(os.path.dirname(os.path.abspath(self.report)), exist_ok=True)
-            with open(self.report, "a", newline="") as f:
-                writer = csv.writer(f)
-                if new:
-                    writer.writerow(["image", "problem"])
-                writer.writerow([image, self.failed[index]])
+            append_csv_row(self.report, ["image", "problem"], [image, self.failed[index]])
 
     def _load_cache_item(self, idx: int):
         try:

@@ -5,7 +5,6 @@ Both read the output of ``scripts.pretraining.steps.SSLTrainStep`` and write on 
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from scripts.atomic_files import append_csv_row
 from scripts.distributed import rank
 
 logger = logging.getLogger(__name__)
@@ -35,13 +35,8 @@ class LossHistory:
         if rank() != 0:
             return
         terms = engine.state.output["terms"]
-        new = not os.path.exists(self.filename)
-        os.makedirs(os.path.dirname(os.path.abspath(self.filename)), exist_ok=True)
-        with open(self.filename, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(["iteration", *terms])
-            writer.writerow([engine.state.iteration, *(f"{v:.6g}" for v in terms.values())])
+        row = [engine.state.iteration, *(f"{v:.6g}" for v in terms.values())]
+        append_csv_row(self.filename, ["iteration", *terms], row)
 
 
 class ReconstructionSnapshots:

@@ -11,25 +11,17 @@ from scripts.pretraining.proxy_tasks import REFERENCE_ROTATION_AXES
 from scripts.pretraining.views import make_views
 
 
-class SSLTrainStep:
-    """Pre-training iteration: views, forward, loss terms, backward with optional AMP and clipping.
+class _ViewedStep:
+    """What both iterations share: how the two views of each crop are made, and where the crops are.
 
     Args:
-        max_grad_norm: clip the global gradient norm to this value (None or 0: no clipping, as the
-            reference code by default). Under AMP the gradients are unscaled first, so the threshold
-            means the same with and without.
         max_fraction, min_side, max_side, swap_source: masking (see ``scripts.pretraining.proxy_tasks.mask``).
         rotation_axes: the two spatial axes of the rotation plane (see ``scripts.pretraining.proxy_tasks.rotate``).
         image_key: batch key of the crops.
-
-    The engine output holds ``loss`` (total, detached), ``terms`` (each loss term and the learning
-    rate as floats, for logging), and the first view of the first crop as ``image`` (unmasked
-    target), ``masked`` (network input) and ``pred`` (reconstruction), each (1, C, H, W, D).
     """
 
     def __init__(
         self,
-        max_grad_norm: float | None = 1.0,
         max_fraction: float = 0.3,
         min_side: float = 0.05,
         max_side: float = 0.25,
@@ -37,12 +29,33 @@ class SSLTrainStep:
         swap_source: str = "unmasked",
         image_key: str = "image",
     ):
-        self.max_grad_norm = max_grad_norm
         self.view_args = (max_fraction, min_side, max_side, tuple(rotation_axes), swap_source)
         self.image_key = image_key
 
+    def crops(self, engine, batch: dict) -> torch.Tensor:
+        return batch[self.image_key].to(engine.state.device, non_blocking=True)
+
+
+class SSLTrainStep(_ViewedStep):
+    """Pre-training iteration: views, forward, loss terms, backward with optional AMP and clipping.
+
+    Args:
+        max_grad_norm: clip the global gradient norm to this value (None or 0: no clipping, as the
+            reference code by default). Under AMP the gradients are unscaled first, so the threshold
+            means the same with and without.
+        view_options: how views are made (``_ViewedStep``).
+
+    The engine output holds ``loss`` (total, detached), ``terms`` (each loss term and the learning
+    rate as floats, for logging), and the first view of the first crop as ``image`` (unmasked
+    target), ``masked`` (network input) and ``pred`` (reconstruction), each (1, C, H, W, D).
+    """
+
+    def __init__(self, max_grad_norm: float | None = 1.0, **view_options):
+        super().__init__(**view_options)
+        self.max_grad_norm = max_grad_norm
+
     def __call__(self, engine, batch: dict) -> dict:
-        x = batch[self.image_key].to(engine.state.device, non_blocking=True)
+        x = self.crops(engine, batch)
         inputs, rot_target, recon_target = make_views(x, *self.view_args)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
@@ -73,32 +86,22 @@ class SSLTrainStep:
         }
 
 
-class SSLEvalStep:
+class SSLEvalStep(_ViewedStep):
     """Validation iteration with deterministic views: per-crop proxy-task scores.
 
     Views are drawn from a generator seeded with ``seed`` and the iteration number, inside a forked
     random state, so validation neither varies between runs nor disturbs the training's random
     sequence. Output (per view, 2B values each): ``reconstruction_l1``, ``rotation_accuracy`` (0/1)
     and ``contrastive_top1`` (0/1: the nearest projection of the other view, by cosine similarity
-    among the batch, is the same crop's). View arguments as ``SSLTrainStep``.
+    among the batch, is the same crop's). ``view_options`` as for ``_ViewedStep``.
     """
 
-    def __init__(
-        self,
-        seed: int = 0,
-        max_fraction: float = 0.3,
-        min_side: float = 0.05,
-        max_side: float = 0.25,
-        rotation_axes=REFERENCE_ROTATION_AXES,
-        swap_source: str = "unmasked",
-        image_key: str = "image",
-    ):
+    def __init__(self, seed: int = 0, **view_options):
+        super().__init__(**view_options)
         self.seed = seed
-        self.view_args = (max_fraction, min_side, max_side, tuple(rotation_axes), swap_source)
-        self.image_key = image_key
 
     def __call__(self, engine, batch: dict) -> dict:
-        x = batch[self.image_key].to(engine.state.device, non_blocking=True)
+        x = self.crops(engine, batch)
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(self.seed + engine.state.iteration)
