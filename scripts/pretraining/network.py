@@ -23,6 +23,8 @@ class SSLHead(nn.Module):
         use_checkpoint: gradient checkpointing in the encoder.
         downsample: patch merging of the encoder, as in ``SwinUNETR`` (``scripts.weights.loading.patch_merging``
             picks the legacy order for weights trained with it).
+        window_size: Swin attention window (paper: 7); the relative-position tables are sized by it, so
+            weights load only into a network of the same window.
 
     Input ``(B, in_channels, H, W, D)`` with sides divisible by 32 and at least 64. Returns
     ``(rotation logits (B, 4), projection (B, proj_dim), reconstruction (B, in_channels, H, W, D))``.
@@ -36,6 +38,7 @@ class SSLHead(nn.Module):
         token_choice: str = "reference",
         use_checkpoint: bool = False,
         downsample="merging",
+        window_size: int = 7,
     ):
         super().__init__()
         token_choice = {"paper": "reference"}.get(token_choice, token_choice)
@@ -49,6 +52,7 @@ class SSLHead(nn.Module):
             feature_size=feature_size,
             use_checkpoint=use_checkpoint,
             downsample=downsample,
+            window_size=window_size,
         ).swinViT
         dim = 16 * feature_size
         self.rotation_head = nn.Linear(dim, 4)

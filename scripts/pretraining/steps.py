@@ -11,6 +11,11 @@ from scripts.pretraining.proxy_tasks import REFERENCE_ROTATION_AXES
 from scripts.pretraining.views import make_views
 
 
+def _amp_kwargs(engine) -> dict:
+    """The engine's ``amp_kwargs`` (e.g. ``{"dtype": torch.bfloat16}``), as MONAI's own iterations use them."""
+    return dict(getattr(engine, "amp_kwargs", None) or {})
+
+
 class _ViewedStep:
     """What both iterations share: how the two views of each crop are made, and where the crops are.
 
@@ -59,7 +64,7 @@ class SSLTrainStep(_ViewedStep):
         inputs, rot_target, recon_target = make_views(x, *self.view_args)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, enabled=bool(engine.amp)):
+        with torch.autocast(x.device.type, enabled=bool(engine.amp), **_amp_kwargs(engine)):
             rot_logits, projection, reconstruction = engine.network(inputs)
             p1, p2 = projection.float().chunk(2)
             terms = engine.loss_function(rot_logits.float(), rot_target, p1, p2, reconstruction.float(), recon_target)
@@ -107,7 +112,7 @@ class SSLEvalStep(_ViewedStep):
             torch.manual_seed(self.seed + engine.state.iteration)
             inputs, rot_target, recon_target = make_views(x, *self.view_args)
             engine.network.eval()
-            with torch.autocast(x.device.type, enabled=bool(engine.amp)):
+            with torch.autocast(x.device.type, enabled=bool(engine.amp), **_amp_kwargs(engine)):
                 rot_logits, projection, reconstruction = engine.network(inputs)
         p1, p2 = F.normalize(projection.float(), dim=1).chunk(2)
         similarity = p1 @ p2.T  # (B, B): row i = view-1 crop i against all view-2 crops

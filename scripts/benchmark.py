@@ -1,0 +1,267 @@
+"""Side-by-side timing of plain MONAI Swin UNETR against this bundle's fast path, in one process.
+
+    python -m scripts.benchmark --feature_size 48 --roi 96 --batch 2 --crops 2 --device cuda --amp bf16
+
+Each repeat runs every variant once, in turn (interleaved), so drifts of the machine hit all variants
+alike. Per task (pre-training iteration, fine-tuning iteration, sliding-window inference of one volume)
+it prints min / median seconds, the ratio of medians to ``plain`` and the peak CUDA memory, and writes
+the figures as JSON. Variants:
+
+- ``plain``: MONAI's SwinUNETR as is (matrix attention), AdamW with PyTorch's default implementation.
+- ``bundle``: what the configs run: SDPA window attention (``scripts.speed``), MONAI's fused inference
+  attention, fused AdamW.
+- ``compile``: ``bundle`` plus ``torch.compile`` (the first, compiling call is reported separately).
+- ``checkpoint``: ``bundle`` plus activation checkpointing (``use_checkpoint``), for memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import statistics
+import time
+from types import SimpleNamespace
+
+import fire
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.losses import DiceCELoss
+from monai.networks.nets import SwinUNETR
+
+from scripts.atomic_files import atomic_path
+from scripts.errors import ConfigError
+from scripts.pretraining.loss import SSLLoss
+from scripts.pretraining.network import SSLHead
+from scripts.pretraining.steps import SSLTrainStep
+from scripts.speed import compile_network, use_attention
+
+VARIANTS = ("plain", "bundle", "compile", "checkpoint")
+TASKS = ("pretrain", "finetune", "infer")
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Case:
+    """One variant of one task: its network, optimizer and a ``run()`` doing one timed unit of work."""
+
+    def __init__(self, task, variant, template, device, amp_dtype, opts):
+        self.task, self.variant, self.device, self.amp_dtype = task, variant, device, amp_dtype
+        network = copy.deepcopy(template)
+        if variant == "checkpoint":
+            for module in network.modules():
+                if hasattr(module, "use_checkpoint"):
+                    module.use_checkpoint = True
+        use_attention(network, "monai" if variant == "plain" else "sdpa")
+        for module in network.modules():
+            if hasattr(module, "use_flash_attention"):
+                module.use_flash_attention = variant != "plain"
+        self.network = compile_network(network.to(device), enabled=variant == "compile")
+        fused = {} if variant == "plain" else {"fused": True}
+        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=1e-4, **fused)
+        self.opts = opts
+        self.scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+        generator = torch.Generator().manual_seed(0)
+        roi, n = opts["roi"], opts["batch"] * opts["crops"]
+        if task == "pretrain":
+            self.step = SSLTrainStep(max_grad_norm=1.0)
+            self.engine = SimpleNamespace(
+                network=self.network,
+                optimizer=self.optimizer,
+                loss_function=SSLLoss(),
+                amp=bool(amp_dtype),
+                amp_kwargs={"dtype": amp_dtype} if amp_dtype else {},
+                scaler=self.scaler,
+                state=SimpleNamespace(device=device),
+            )
+            self.x = torch.rand((n, 1, *roi), generator=generator)
+        elif task == "finetune":
+            self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+            self.x = torch.rand((n, 1, *roi), generator=generator).to(device)
+            self.y = torch.randint(0, opts["classes"], (n, 1, *roi), generator=generator).to(device)
+        else:
+            self.inferer = SlidingWindowInferer(roi, sw_batch_size=opts["sw_batch_size"], overlap=opts["overlap"])
+            self.x = torch.rand((1, 1, *opts["volume"]), generator=generator).to(device)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype))
+
+    def run(self):
+        if self.task == "pretrain":
+            return self.step(self.engine, {"image": self.x})["loss"]
+        if self.task == "finetune":
+            self.network.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss = self.loss(self.network(self.x).float(), self.y)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            return loss
+        self.network.eval()
+        with torch.inference_mode(), self._autocast():
+            return self.inferer(self.x, self.network)
+
+
+def _timed(case: _Case) -> tuple[float, float]:
+    """Seconds of one ``case.run()`` and the peak CUDA memory (GiB) during it (0 on CPU)."""
+    if case.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(case.device)
+    _sync(case.device)
+    start = time.perf_counter()
+    case.run()
+    _sync(case.device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(case.device) / 2**30 if case.device.type == "cuda" else 0.0
+    return seconds, peak
+
+
+def _side3(value, name: str) -> tuple[int, int, int]:
+    sides = (value,) * 3 if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(sides) != 3 or min(sides) < 32 or any(s % 32 for s in sides):
+        raise ConfigError(f"{name} must be one int or three ints, each a multiple of 32 (>= 32), got {value!r}")
+    return sides  # type: ignore[return-value]
+
+
+def _split(value, allowed: tuple, name: str) -> list[str]:
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v) for v in value]
+    unknown = [v for v in items if v not in allowed]
+    if unknown or not items:
+        raise ConfigError(f"{name}: unknown {unknown} (choose from {', '.join(allowed)})")
+    return items
+
+
+def run(
+    feature_size: int = 12,
+    roi=64,
+    batch: int = 1,
+    crops: int = 2,
+    volume=None,
+    window_size: int = 7,
+    classes: int = 14,
+    sw_batch_size: int = 2,
+    overlap: float = 0.25,
+    device: str = "auto",
+    amp: str | None = None,
+    tasks="pretrain,finetune,infer",
+    variants="plain,bundle",
+    repeats: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+    seed: int = 0,
+    out: str | None = "benchmark.json",
+) -> dict:
+    """Time the tasks for each variant; print a table and write ``out`` (JSON).
+
+    Args:
+        feature_size: Swin embedding size (paper: 48). roi: crop side(s) (paper: 96).
+        batch, crops: volumes per step and crops per volume (pre-training makes two views of each crop).
+        volume: side(s) of the volume segmented by sliding window (default 1.5 x roi, rounded to 32).
+        window_size: Swin window (paper: 7), for all variants. amp: None, "fp16" or "bf16".
+        tasks, variants: comma-separated choices (see the module docstring).
+        repeats, warmup: timed and untimed rounds; threads: torch CPU threads (default: torch's).
+    """
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ConfigError(f"amp must be None, 'fp16' or 'bf16', got {amp!r}")
+    if repeats < 1:
+        raise ConfigError(f"repeats must be at least 1, got {repeats}")
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if threads:
+        torch.set_num_threads(threads)
+    roi3 = _side3(roi, "roi")
+    volume3 = _side3(volume if volume is not None else [32 * round(1.5 * s / 32) for s in roi3], "volume")
+    task_list, variant_list = _split(tasks, TASKS, "tasks"), _split(variants, VARIANTS, "variants")
+    opts = dict(roi=roi3, batch=batch, crops=crops, volume=volume3, classes=classes)
+    opts.update(sw_batch_size=sw_batch_size, overlap=overlap)
+    amp_dtype = AMP_DTYPES.get(amp) if amp else None
+    results: dict = {
+        "settings": {
+            "feature_size": feature_size,
+            "roi": roi3,
+            "batch": batch,
+            "crops": crops,
+            "volume": volume3,
+            "window_size": window_size,
+            "amp": amp,
+            "repeats": repeats,
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "tasks": {},
+    }
+    for task in task_list:
+        torch.manual_seed(seed)
+        if task == "pretrain":
+            template = SSLHead(feature_size=feature_size, window_size=window_size)
+        else:
+            template = SwinUNETR(in_channels=1, out_channels=classes, feature_size=feature_size, window_size=window_size)
+        cases = {v: _Case(task, v, template, dev, amp_dtype, opts) for v in variant_list}
+        first: dict = {}
+        for v, case in cases.items():  # untimed rounds: allocator, kernel selection, compilation
+            first[v] = _timed(case)[0]
+            for _ in range(warmup - 1):
+                _timed(case)
+        times: dict = {v: [] for v in cases}
+        peaks: dict = {v: 0.0 for v in cases}
+        for r in range(repeats):
+            for v, case in cases.items():
+                seconds, peak = _timed(case)
+                times[v].append(seconds)
+                peaks[v] = max(peaks[v], peak)
+            print(f"{task}: round {r + 1}/{repeats} " + " ".join(f"{v} {times[v][-1]:.3f}s" for v in cases), flush=True)
+        base = statistics.median(times[variant_list[0]])
+        results["tasks"][task] = {
+            v: {
+                "min_s": min(times[v]),
+                "median_s": statistics.median(times[v]),
+                "first_s": first[v],
+                "speedup_vs_" + variant_list[0]: base / statistics.median(times[v]),
+                "peak_gib": peaks[v],
+                "times_s": times[v],
+            }
+            for v in cases
+        }
+        del cases
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    print(table(results))
+    if out:
+        with atomic_path(out) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=2)
+        print(f"wrote {out}")
+    return results
+
+
+def table(results: dict) -> str:
+    """The figures as a Markdown table."""
+    s = results["settings"]
+    lines = [
+        f"feature_size {s['feature_size']}, roi {s['roi']}, batch {s['batch']} x {s['crops']} crops, "
+        f"volume {s['volume']}, window {s['window_size']}, amp {s['amp']}, {s['device']}, "
+        f"{s['threads']} threads, torch {s['torch']}, {s['repeats']} rounds",
+        "",
+        "| task | variant | min s | median s | first s | speed-up | peak GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for task, variants in results["tasks"].items():
+        for v, r in variants.items():
+            ratio = next(value for key, value in r.items() if key.startswith("speedup_vs_"))
+            lines.append(
+                f"| {task} | {v} | {r['min_s']:.3f} | {r['median_s']:.3f} | {r['first_s']:.3f} | {ratio:.2f}x "
+                f"| {r['peak_gib']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    fire.Fire(run)
