@@ -59,6 +59,7 @@ def write_series(
     series_uid = series_uid or generate_uid()
     study_uid = study_uid or generate_uid()
     sop_uids = sop_uids or [generate_uid() for _ in range(n)]
+    frame_of_reference = generate_uid()
     file_order = list(range(n))[::-1] if file_order is None else file_order
     paths = []
     for k in range(n):
@@ -71,6 +72,7 @@ def write_series(
         ds.SOPInstanceUID = sop_uids[k]
         ds.PatientID, ds.PatientName = "P001", "Test^Patient"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.FrameOfReferenceUID = frame_of_reference
         ds.Modality, ds.ImageType = modality, list(image_type)
         ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
         ds.SeriesDescription = f"test series {series_number}"

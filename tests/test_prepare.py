@@ -19,8 +19,9 @@ import pytest
 from dicom_data import hu_volume, lps_affine, write_series
 from pydicom.uid import JPEGLSLossless, RLELossless
 
-from conftest import REAL_CT, ROOT, requires_real_ct
 from scripts.tools.prepare import prepare
+
+from conftest import REAL_CT, ROOT, requires_real_ct
 
 RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # rows run head to feet: a non-axial grid catches swapped axes

@@ -24,6 +24,19 @@ METADATA = os.path.join(
 )
 
 
+PATIENT_STUDY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "StudyID",
+)
+
+
 def class_names(metadata: str = METADATA) -> dict:
     """``{label value: name}`` from the bundle metadata's output ``channel_def`` (empty when not found)."""
     try:
@@ -66,6 +79,10 @@ def write_dicom_seg(labels_path: str, series: Series, path: str, names: dict | N
             )
         )
     sources = [pydicom.dcmread(s.path, stop_before_pixels=True) for s in series.slices]
+    for source in sources:  # type-2 attributes the SEG copies; exports and anonymisers often drop them
+        for keyword in PATIENT_STUDY_KEYWORDS:
+            if keyword not in source:
+                setattr(source, keyword, "")
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=relabelled,
