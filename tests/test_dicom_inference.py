@@ -93,3 +93,31 @@ def test_inference_on_a_dicom_series_writes_a_map_on_its_grid_and_a_dicom_seg_re
         np.testing.assert_array_equal(frame.astype(bool), labels[:, :, k].T == found[0])
         compared += 1
     assert compared == np.any(labels == found[0], axis=(0, 1)).sum()  # one frame per slice holding the label
+
+
+def test_a_datalist_image_may_be_a_dicom_series_folder_read_through_its_conversion(tmp_path, monkeypatch):
+    """Evaluation and fine-tuning read datalists with checked_datalist: a folder image is its series."""
+    import json
+    import tempfile
+
+    from scripts.inputs import checked_datalist
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    volume = hu_volume(seed=7)
+    series = write_series(tmp_path / "data" / "case1", volume)
+    label = np.zeros(volume.shape, np.uint8)
+    label[2:5, 3:6, 1:4] = 6
+    nib.save(nib.Nifti1Image(label, RAS @ series["lps"]), tmp_path / "data" / "case1_label.nii.gz")
+    nib.save(
+        nib.Nifti1Image(label, RAS @ series["lps"] @ np.diag([1, -1, 1, 1.0])), tmp_path / "data" / "flipped.nii.gz"
+    )
+    datalist = tmp_path / "data" / "dataset.json"
+    entries = [{"image": "case1", "label": "case1_label.nii.gz"}, {"image": "case1", "label": "flipped.nii.gz"}]
+    datalist.write_text(json.dumps({"validation": entries[:1], "training": entries[1:]}))
+    (item,) = checked_datalist(str(datalist), "validation", str(tmp_path / "data"), num_classes=14)
+    assert item["image"].startswith(str(tmp_path / "tmp" / "swin_unetr_dicom")) and item["image"].endswith(
+        "/case1.nii.gz"
+    )
+    np.testing.assert_array_equal(np.asarray(nib.load(item["image"]).dataobj), volume)
+    with pytest.raises(InputError, match="flipped.nii.gz: affine differs from image .*case1.nii.gz"):
+        checked_datalist(str(datalist), "training", str(tmp_path / "data"), num_classes=14)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -333,3 +334,20 @@ def series_to_nifti(folder: str, path: str, min_slices: int = 1, spacing_toleran
     if verified(path, chosen.geometry["shape"], chosen.geometry["affine"]) is None:
         save_nifti(read_volume(chosen), chosen.geometry["affine"], path)
     return chosen
+
+
+def cached_nifti(folder: str, cache_dir: str = "") -> str:
+    """The NIfTI conversion of the DICOM series folder ``folder`` (``series_to_nifti``), for workflows that
+    read a datalist whose image is a folder: kept in ``cache_dir`` (default ``swin_unetr_dicom`` in the
+    system's temporary folder) under a key of the folder's path and its files' sizes and times, so an
+    unchanged series is converted once and a changed one again."""
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "swin_unetr_dicom")
+    key = hashlib.sha1(os.path.realpath(folder).encode())
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            stat = os.stat(os.path.join(root, name))
+            key.update(f"{root}/{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    path = os.path.join(cache_dir, key.hexdigest()[:16], f"{os.path.basename(os.path.normpath(folder))}.nii.gz")
+    series_to_nifti(folder, path)
+    return path
