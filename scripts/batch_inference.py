@@ -4,6 +4,11 @@ A scanner export of hundreds of series should not be lost to one broken file: ev
 checked before the first is segmented, the bad ones are skipped with a warning, the good ones are
 segmented, and the run then fails (non-zero exit) listing every skipped file. Mistakes that would
 lose data fail at once: an output that would overwrite an input or another output.
+
+DICOM: a folder holding one CT series is one input (converted to ``<output_dir>/dicom_images/<folder>.nii.gz``,
+whose grid the segmentation then has); a folder of such folders is a batch; with ``dicom_seg`` each
+segmentation is also written as a DICOM SEG (``<folder>_seg.dcm``) referencing the series. Other formats
+(MetaImage, NRRD) are named as unsupported, with the command that converts them.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import os
 import torch
 
 from scripts.atomic_files import check_writable
+from scripts.dicom.series import holds_dicom, read_header, series_to_nifti
 from scripts.errors import InputError, ReportedError, one_line
 from scripts.inputs import NIFTI_SUFFIXES, Geometry, check_case, nifti_files, read_datalist
 
 logger = logging.getLogger(__name__)
+
+UNSUPPORTED = {".mhd": "MetaImage", ".mha": "MetaImage", ".nrrd": "NRRD", ".nhdr": "NRRD"}
+CONVERT_HINT = "convert with python -m scripts.tools.prepare"
 
 
 class BatchInferenceError(ReportedError):
@@ -49,14 +58,16 @@ class InferenceBatch:
         output_dir: str = "",
         postfix: str = "seg",
         geometry: Geometry | None = None,
+        dicom_seg: bool = False,
     ):
-        self.output_dir = output_dir
+        self.output_dir, self.postfix, self.dicom_seg = output_dir, postfix, dicom_seg
         images = self._images(dataset_dir, datalist, key)
         self._refuse_overwrites(images, dataset_dir if not datalist else None, postfix)
         check_writable(output_dir)
-        self.items, self.failed = [], []
+        self.items, self.failed, self.dicom, self.done = [], [], {}, set()
         for image in images:
             try:
+                image = self._nifti(image)
                 check_case({"image": image}, ("image",), geometry=geometry)
             except InputError as e:
                 self.failed.append(str(e))
@@ -67,8 +78,7 @@ class InferenceBatch:
         if not self.items:
             self.finish()
 
-    @staticmethod
-    def _images(dataset_dir: str, datalist: str, key: str) -> list[str]:
+    def _images(self, dataset_dir: str, datalist: str, key: str) -> list[str]:
         if datalist:
             items = read_datalist(datalist, key, dataset_dir, is_segmentation=False)
             if not items:
@@ -76,10 +86,27 @@ class InferenceBatch:
             return [item["image"] if isinstance(item, dict) else item for item in items]
         if not os.path.isdir(dataset_dir):
             raise InputError(f"dataset_dir {dataset_dir}: folder not found")
-        images = nifti_files(dataset_dir)
+        images = nifti_files(dataset_dir) + dicom_folders(dataset_dir, exclude=self.output_dir)
+        unsupported = sorted(p for p in os.listdir(dataset_dir) if os.path.splitext(p)[1].lower() in UNSUPPORTED)
         if not images:
-            raise InputError(f"dataset_dir {dataset_dir}: no NIfTI images (*.nii, *.nii.gz)")
-        return images
+            found = f"; found {len(unsupported)} unsupported files ({', '.join(unsupported[:3])}): {CONVERT_HINT}"
+            raise InputError(
+                f"dataset_dir {dataset_dir}: no NIfTI images (*.nii, *.nii.gz) or DICOM series folders"
+                + (found if unsupported else "")
+            )
+        return images + [os.path.join(dataset_dir, p) for p in unsupported]
+
+    def _nifti(self, image: str) -> str:
+        """The NIfTI file to segment for ``image``: itself, or the conversion of a DICOM series folder."""
+        suffix = os.path.splitext(image)[1].lower()
+        if suffix in UNSUPPORTED:
+            raise InputError(f"image {image}: unsupported format ({UNSUPPORTED[suffix]}); {CONVERT_HINT}")
+        if not os.path.isdir(image):
+            return image
+        name = os.path.basename(os.path.normpath(image))
+        converted = os.path.join(self.output_dir, "dicom_images", f"{name}.nii.gz")
+        self.dicom[converted] = series_to_nifti(image, converted)
+        return converted
 
     def _refuse_overwrites(self, images: list[str], input_folder: str | None, postfix: str) -> None:
         real = os.path.realpath
@@ -118,9 +145,11 @@ class InferenceBatch:
             if failed:
                 return self._record(failed[0])
             try:
-                return process(engine, batch)
+                output = process(engine, batch)
             except Exception as e:  # any failure of this volume: it is reported, the others go on
                 return self._record(f"image {_file_name(batch)}: {one_line(e)}")
+            self.done.add(_file_name(batch))
+            return output
 
         evaluator._process_function = one_volume
         return evaluator
@@ -131,7 +160,10 @@ class InferenceBatch:
         return {}
 
     def finish(self) -> None:
-        """Raise ``BatchInferenceError`` when any image was skipped (the workflow then exits non-zero)."""
+        """Write the DICOM SEGs when asked; raise ``BatchInferenceError`` when any image was skipped (the
+        workflow then exits non-zero)."""
+        if self.dicom_seg:
+            self._write_dicom_segs()
         if self.failed:
             done = self.total - len(self.failed)
             raise BatchInferenceError(
@@ -140,6 +172,32 @@ class InferenceBatch:
                 + ":\n  "
                 + "\n  ".join(self.failed)
             )
+
+    def _write_dicom_segs(self) -> None:
+        from scripts.dicom.seg import write_dicom_seg  # highdicom is imported only when DICOM SEG is asked for
+
+        for converted, series in self.dicom.items():
+            if converted not in self.done:
+                continue  # its failure is already recorded
+            labels = output_path(converted, self.output_dir, self.postfix)
+            try:
+                write_dicom_seg(labels, series, labels[: -len(".nii.gz")] + ".dcm")
+            except Exception as e:  # one series' SEG failing leaves the others and the NIfTI maps
+                self._record(f"DICOM SEG of {series.folder}: {one_line(e)}")
+
+
+def dicom_folders(folder: str, exclude: str = "") -> list[str]:
+    """``[folder]`` when its own files are DICOM (one series), else its sub-folders holding DICOM files
+    (except ``exclude``, an output folder inside the input folder)."""
+    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    if any(e.is_file() and read_header(e.path) is not None for e in entries):
+        return [folder]
+    skip = os.path.realpath(exclude) if exclude else None
+    return [
+        e.path
+        for e in entries
+        if e.is_dir() and not e.name.startswith(".") and os.path.realpath(e.path) != skip and holds_dicom(e.path)
+    ]
 
 
 FAILED_KEY = "segmentation_failed"

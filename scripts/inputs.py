@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from scripts.dicom.series import cached_nifti
 from scripts.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -262,6 +263,8 @@ def checked_datalist(
     if not items:
         raise InputError(f"datalist {datalist}: list '{key}' is empty")
     for item in items:
+        if os.path.isdir(item.get("image", "")):  # a DICOM series folder: its NIfTI conversion is read
+            item["image"] = cached_nifti(item["image"])
         check_case(item, keys, num_classes, geometry=geometry)
     return items
 

@@ -1,0 +1,123 @@
+"""DICOM in inference: a series folder is one input, a folder of series folders a batch; the segmentation
+lies on the series' grid (checked against the affine written out from the DICOM positions), and the DICOM
+SEG asked for references the series' own images. Formats inference cannot read are named as such."""
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from dicom_data import hu_volume, write_series
+
+from scripts.batch_inference import InferenceBatch
+from scripts.errors import InputError
+
+from conftest import bundle_run
+
+RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def test_a_folder_of_series_folders_is_a_batch_of_converted_series_on_their_own_grids(tmp_path):
+    batch_dir = tmp_path / "batch"
+    a = write_series(batch_dir / "patient_a", hu_volume(seed=1), series_number=2)
+    write_series(
+        batch_dir / "patient_a",
+        hu_volume((10, 8, 1), seed=2),
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+        series_number=1,
+        names="LOC{index}",
+    )  # the localizer beside the series is not an input of its own
+    b = write_series(batch_dir / "patient_b" / "study" / "series", hu_volume(seed=3), pixel_spacing=(0.6, 0.5))
+    (batch_dir / "scan.mhd").write_text("ObjectType = Image\n")
+    out = tmp_path / "out"
+    batch = InferenceBatch(str(batch_dir), output_dir=str(out))
+    images = [item["image"] for item in batch.items]
+    assert images == [str(out / "dicom_images" / "patient_a.nii.gz"), str(out / "dicom_images" / "patient_b.nii.gz")]
+    for image, series in zip(images, (a, b)):
+        img = nib.load(image)
+        assert img.shape == (10, 8, 6)
+        np.testing.assert_allclose(img.affine, RAS @ series["lps"], atol=1e-4)
+    assert batch.failed == [
+        f"image {batch_dir / 'scan.mhd'}: unsupported format (MetaImage); convert with python -m scripts.tools.prepare"
+    ]
+    one = InferenceBatch(str(batch_dir / "patient_a"), output_dir=str(tmp_path / "one"))
+    assert [item["image"] for item in one.items] == [str(tmp_path / "one" / "dicom_images" / "patient_a.nii.gz")]
+
+
+def test_a_folder_without_nifti_or_dicom_names_the_unsupported_files(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "scan.nrrd").write_text("NRRD0004\n")
+    with pytest.raises(
+        InputError,
+        match=r"no NIfTI images .* or DICOM series folders; found 1 unsupported files "
+        r"\(scan.nrrd\): convert with python -m scripts.tools.prepare",
+    ):
+        InferenceBatch(str(tmp_path / "in"), output_dir=str(tmp_path / "out"))
+
+
+def test_a_folder_whose_series_cannot_be_converted_is_reported_with_the_reason(tmp_path):
+    write_series(tmp_path / "in" / "gap", hu_volume(seed=4), offsets=[0, 2.5, 5, 10, 12.5, 15])
+    write_series(tmp_path / "in" / "good", hu_volume(seed=5))
+    batch = InferenceBatch(str(tmp_path / "in"), output_dir=str(tmp_path / "out"))
+    assert len(batch.items) == 1
+    (failure,) = batch.failed
+    assert (
+        failure.startswith(f"DICOM folder {tmp_path / 'in' / 'gap'}: no CT volume series")
+        and "missing slices" in failure
+    )
+
+
+@pytest.mark.slow  # one inference workflow run
+def test_inference_on_a_dicom_series_writes_a_map_on_its_grid_and_a_dicom_seg_referencing_it(tmp_path, random_model):
+    series = write_series(tmp_path / "in" / "chest", hu_volume((40, 32, 12), seed=6), pixel_spacing=(2.0, 1.5))
+    out = tmp_path / "out"
+    bundle_run(
+        ["inference.json", "small.json"],
+        {"dataset_dir": tmp_path / "in", "ckpt_dir": random_model, "output_dir": out, "dicom_seg": True},
+    )
+    seg = nib.load(out / "chest_seg.nii.gz")
+    assert seg.shape == (40, 32, 12)
+    np.testing.assert_allclose(seg.affine, RAS @ series["lps"], atol=1e-4)
+    labels = np.asarray(seg.dataobj)
+    ds = pydicom.dcmread(out / "chest_seg.dcm")
+    assert ds.Modality == "SEG" and ds.StudyInstanceUID == series["study_uid"]
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == series["series_uid"]
+    found = sorted(int(v) for v in np.unique(labels) if v > 0)
+    assert len(ds.SegmentSequence) == len(found) >= 1
+    # every frame of segment 1 is the map's first label on the slice it references
+    sop_to_slice = {uid: k for k, uid in enumerate(series["sop_uids"])}
+    frames, compared = ds.pixel_array.reshape(-1, 32, 40), 0
+    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence):
+        if item.SegmentIdentificationSequence[0].ReferencedSegmentNumber != 1:
+            continue
+        k = sop_to_slice[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        np.testing.assert_array_equal(frame.astype(bool), labels[:, :, k].T == found[0])
+        compared += 1
+    assert compared == np.any(labels == found[0], axis=(0, 1)).sum()  # one frame per slice holding the label
+
+
+def test_a_datalist_image_may_be_a_dicom_series_folder_read_through_its_conversion(tmp_path, monkeypatch):
+    """Evaluation and fine-tuning read datalists with checked_datalist: a folder image is its series."""
+    import json
+    import tempfile
+
+    from scripts.inputs import checked_datalist
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    volume = hu_volume(seed=7)
+    series = write_series(tmp_path / "data" / "case1", volume)
+    label = np.zeros(volume.shape, np.uint8)
+    label[2:5, 3:6, 1:4] = 6
+    nib.save(nib.Nifti1Image(label, RAS @ series["lps"]), tmp_path / "data" / "case1_label.nii.gz")
+    nib.save(
+        nib.Nifti1Image(label, RAS @ series["lps"] @ np.diag([1, -1, 1, 1.0])), tmp_path / "data" / "flipped.nii.gz"
+    )
+    datalist = tmp_path / "data" / "dataset.json"
+    entries = [{"image": "case1", "label": "case1_label.nii.gz"}, {"image": "case1", "label": "flipped.nii.gz"}]
+    datalist.write_text(json.dumps({"validation": entries[:1], "training": entries[1:]}))
+    (item,) = checked_datalist(str(datalist), "validation", str(tmp_path / "data"), num_classes=14)
+    assert item["image"].startswith(str(tmp_path / "tmp" / "swin_unetr_dicom")) and item["image"].endswith(
+        "/case1.nii.gz"
+    )
+    np.testing.assert_array_equal(np.asarray(nib.load(item["image"]).dataobj), volume)
+    with pytest.raises(InputError, match="flipped.nii.gz: affine differs from image .*case1.nii.gz"):
+        checked_datalist(str(datalist), "training", str(tmp_path / "data"), num_classes=14)
