@@ -59,7 +59,9 @@ def task_metadata(task: str, metadata: dict | None = None) -> dict:
     )
     meta["label_classes"] = ", ".join(f"{k} {v}" for k, v in enumerate(_label_names(preset)))
     meta["pred_classes"] = (
-        f"{len(classes)} sigmoid channels, overlapping regions: {listed}" if regions else f"{len(classes)} channels: {listed}"
+        f"{len(classes)} sigmoid channels, overlapping regions: {listed}"
+        if regions
+        else f"{len(classes)} channels: {listed}"
     )
     image = meta["network_data_format"]["inputs"]["image"]
     image.update(

@@ -26,16 +26,16 @@ TASKS = {
     "brain_tumour": (
         {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
         {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-        (44, 40, 36),
+        (40, 30, 28),
         (1.0, 1.0, 1.0),
     ),
     "prostate": (
         {"0": "T2", "1": "ADC"},
         {"0": "background", "1": "PZ", "2": "TZ"},
-        (48, 44, 10),
+        (40, 30, 8),
         (0.62, 0.62, 3.6),
     ),
-    "spleen": ({"0": "CT"}, {"0": "background", "1": "spleen"}, (40, 36, 24), (1.5, 1.5, 2.0)),
+    "spleen": ({"0": "CT"}, {"0": "background", "1": "spleen"}, (40, 30, 24), (1.5, 1.5, 2.0)),
 }
 
 # intensity per label and channel (arbitrary MRI units, HU for CT): (tissue, then one row per label)
@@ -96,7 +96,8 @@ def generate_case(task: str, seed: int):
 
 
 def write_task_phantoms(out_dir: str, task: str, num_train: int = 3, num_val: int = 1, num_test: int = 1, seed=0):
-    """Write cases and an MSD-style ``dataset.json`` (``training`` / ``validation`` / ``test``); returns its path."""
+    """Write cases and an MSD-style ``dataset.json`` (``training`` / ``validation`` / ``test`` as image paths in
+    ``imagesTs``); returns its path."""
     modality, labels, _, _ = TASKS[task]
     datalist = {"name": f"synthetic {task}", "modality": modality, "labels": labels, "tensorImageSize": "4D"}
     case = 0
@@ -105,10 +106,14 @@ def write_task_phantoms(out_dir: str, task: str, num_train: int = 3, num_val: in
         for _ in range(count):
             name = f"{task}_{case:03d}.nii.gz"
             image, label, affine = generate_case(task, seed * 1009 + case)
-            for folder, arr in (("imagesTr", image), ("labelsTr", label)):
+            images = "imagesTs" if split == "test" else "imagesTr"
+            for folder, arr in ((images, image), ("labelsTr", label)):
+                if folder == "labelsTr" and split == "test":
+                    continue  # MSD: test cases come without labels, listed as plain paths
                 os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
                 nib.save(nib.Nifti1Image(arr, affine), os.path.join(out_dir, folder, name))
-            entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
+            test = split == "test"
+            entries.append(f"{images}/{name}" if test else {"image": f"{images}/{name}", "label": f"labelsTr/{name}"})
             case += 1
         datalist[split] = entries
     path = os.path.join(out_dir, "dataset.json")
