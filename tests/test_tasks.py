@@ -155,6 +155,15 @@ def test_multi_channel_images_are_read_as_their_task_expects(tmp_path):
         check_case(item, ("image", "label"), 3, geometry=Geometry(channels=4, modality="MRI"))
 
 
+def test_check_data_takes_the_tasks_channels_and_modality(tmp_path, capsys):
+    from scripts.tools.check_data import check
+
+    write_task_phantoms(str(tmp_path), "prostate", num_train=1, num_val=0, num_test=0)
+    args = {"datalist": str(tmp_path / "dataset.json"), "num_classes": 3, "labels": True}
+    assert check(**args, channels=2, modality="MRI") == 0
+    assert check(**args) == 1 and "(2 volumes or channels), expected a single 3-D volume" in capsys.readouterr().out
+
+
 def test_k_fold_splits_partition_the_msd_training_list_and_label_fractions_are_nested(tmp_path):
     entries = [{"image": f"imagesTr/c{i}.nii.gz", "label": f"labelsTr/c{i}.nii.gz"} for i in range(20)]
     folds = [Split(fold, 5, seed=3).select(entries, "validation") for fold in range(5)]
