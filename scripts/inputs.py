@@ -29,8 +29,9 @@ def nifti_files(pattern: str) -> list[str]:
     return sorted(p for p in glob.glob(pattern) if p.endswith(NIFTI_SUFFIXES))
 
 
-def _read(path: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Open and fully read one NIfTI volume; raise InputError naming the file on any problem."""
+def _read(path: str, what: str, channels: int = 1) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Open and fully read one NIfTI volume of ``channels`` images (MSD stores them as a 4-D file); raise
+    InputError naming the file on any problem."""
     if not os.path.exists(path):
         if os.path.islink(path):
             raise InputError(f"{what} {path}: broken or looping symbolic link")
@@ -50,10 +51,11 @@ def _read(path: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
     shape = tuple(data.shape)
     if len(shape) < 3 or min(shape[:3]) < 1:
         raise InputError(f"{what} {path}: {len(shape)}-D image of shape {shape}, expected a 3-D volume")
-    if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
+    found = int(np.prod(shape[3:])) if len(shape) > 3 else 1
+    if found != channels:
+        expected = "a single 3-D volume" if channels == 1 else f"{channels} channels (x, y, z, {channels})"
         raise InputError(
-            f"{what} {path}: {len(shape)}-D image of shape {shape} (several volumes or channels), "
-            f"expected a single 3-D volume"
+            f"{what} {path}: {len(shape)}-D image of shape {shape} ({found} volumes or channels), expected {expected}"
         )
     if np.issubdtype(data.dtype, np.floating):
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
@@ -74,6 +76,8 @@ class Geometry:
             take more memory than this; the estimate is in the message.
         coarse_factor: warn when a spacing is this many times the working one: the result is then
             interpolated from very few slices.
+        channels: input channels of the task (MSD brain tumour: 4 MRI sequences in one 4-D file).
+        modality: ``"CT"`` warns about images whose intensities do not look like Hounsfield units.
     """
 
     def __init__(
@@ -83,12 +87,15 @@ class Geometry:
         max_spacing: float = 20.0,
         max_resampled_gb: float = 4.0,
         coarse_factor: float = 4.0,
+        channels: int = 1,
+        modality: str = "CT",
     ):
         if not 0 < min_spacing < max_spacing:
             raise ValueError(f"need 0 < min_spacing < max_spacing, got {min_spacing}, {max_spacing}")
         self.pixdim = None if pixdim is None else np.asarray(pixdim, dtype=float)
         self.min_spacing, self.max_spacing = min_spacing, max_spacing
         self.max_resampled_gb, self.coarse_factor = max_resampled_gb, coarse_factor
+        self.channels, self.modality = int(channels), modality
 
     def problem(self, affine: np.ndarray, shape) -> str | None:
         """One line on why the geometry cannot be used, or None."""
@@ -105,7 +112,7 @@ class Geometry:
             )
         if self.pixdim is not None:
             resampled = np.ceil(np.asarray(shape[:3]) * spacing / self.pixdim)
-            gb = float(np.prod(resampled)) * 4 / 2**30
+            gb = float(np.prod(resampled)) * 4 * self.channels / 2**30
             if gb > self.max_resampled_gb:
                 return (
                     f"resampled to {self.pixdim.tolist()} mm the image alone would be {resampled.astype(int).tolist()} "
@@ -150,13 +157,14 @@ def check_case(
     Warnings (intensities that do not look like CT, coarse spacing) are appended to ``warnings`` or logged.
     """
     geometry = geometry or Geometry()
-    loaded = {key: _read(item[key], key) for key in keys if key in item}
+    loaded = {key: _read(item[key], key, geometry.channels if key == "image" else 1) for key in keys if key in item}
     for key, (img, data) in loaded.items():
         if problem := geometry.problem(img.affine, data.shape):
             raise InputError(f"{key} {item[key]}: {problem}")
     if "image" in loaded:
         img, data = loaded["image"]
-        for warning in (ct_warning(item["image"], data), geometry.warning(img.affine)):
+        ct = ct_warning(item["image"], data) if geometry.modality == "CT" else None
+        for warning in (ct, geometry.warning(img.affine)):
             if warning and not warning.startswith("image "):
                 warning = f"image {item['image']}: {warning}"
             if warning and warnings is not None:
@@ -256,10 +264,21 @@ def read_datalist(datalist: str, key: str, base_dir: str, is_segmentation: bool 
 
 
 def checked_datalist(
-    datalist: str, key: str, base_dir: str, keys=("image", "label"), num_classes=None, geometry: Geometry | None = None
+    datalist: str,
+    key: str,
+    base_dir: str,
+    keys=("image", "label"),
+    num_classes=None,
+    geometry: Geometry | None = None,
+    split=None,
 ) -> list:
-    """Read an MSD-style datalist (paths relative to ``base_dir``) and check every file in it."""
-    items = read_datalist(datalist, key, base_dir)
+    """Read an MSD-style datalist (paths relative to ``base_dir``) and check every file in it.
+
+    ``split`` (``scripts.tasks.splits.Split``): the fold / label fraction of the list to use.
+    """
+    items = read_datalist(datalist, split.source_key(key) if split else key, base_dir)
+    if split is not None:
+        items = split.select(items, key)
     if not items:
         raise InputError(f"datalist {datalist}: list '{key}' is empty")
     for item in items:

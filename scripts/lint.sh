@@ -6,10 +6,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ "${1:-}" = "--fix" ]; then
     ruff format .
     ruff check --fix .
-    pretty-format-json --autofix --no-sort-keys --indent 4 configs/*.json || true
+    pretty-format-json --autofix --no-sort-keys --indent 4 configs/*.json configs/tasks/*.json || true
     exit 0
 fi
 ruff format --check .
 ruff check .
-pretty-format-json --no-sort-keys --indent 4 configs/*.json
+pretty-format-json --no-sort-keys --indent 4 configs/*.json configs/tasks/*.json
 echo "lint: ruff and JSON format clean"

@@ -3,6 +3,8 @@
     python -m scripts.tools.check_data --datalist data/btcv/dataset_0.json --dataset_dir data/btcv --num_classes 14 \
         --labels
     python -m scripts.tools.check_data --folder /data/new_scans
+    python -m scripts.tools.check_data --datalist /data/Task01_BrainTumour/dataset.json --num_classes 4 --labels \
+        --channels 4 --modality MRI
 
 First checks the datalist itself with the workflows' rules (valid JSON; every entry an object with an
 ``image`` file path, a ``label`` path where given, required with ``--labels``; ``test`` may list plain
@@ -22,7 +24,7 @@ import sys
 import fire
 
 from scripts.errors import InputError
-from scripts.inputs import check_case, entry_problems, load_datalist_json, nifti_files
+from scripts.inputs import Geometry, check_case, entry_problems, load_datalist_json, nifti_files
 
 LISTS = ("training", "validation", "test")
 
@@ -47,11 +49,19 @@ def _cases(datalist: str, dataset_dir: str, folder: str, errors: list, labels: b
 
 
 def check(
-    datalist: str = "", dataset_dir: str = "", folder: str = "", num_classes: int | None = None, labels: bool = False
+    datalist: str = "",
+    dataset_dir: str = "",
+    folder: str = "",
+    num_classes: int | None = None,
+    labels: bool = False,
+    channels: int = 1,
+    modality: str = "CT",
 ) -> int:
     """Check every case; returns the number of errors (printed, with warnings and a summary).
 
     ``labels``: require a label in training and validation entries, as fine-tuning does.
+    ``channels``, ``modality``: the task's input (``configs/tasks/``): images must hold that many channels;
+    only CT images are warned about intensities that do not look like HU.
     """
     if bool(datalist) == bool(folder):
         raise SystemExit("check_data: give either --datalist (with --dataset_dir) or --folder")
@@ -63,7 +73,8 @@ def check(
         return 1
     for name, item in cases:
         try:
-            check_case(item, tuple(k for k in ("image", "label") if k in item), num_classes, warnings)
+            keys = tuple(k for k in ("image", "label") if k in item)
+            check_case(item, keys, num_classes, warnings, Geometry(channels=channels, modality=modality))
         except InputError as e:
             errors.append(f"{name}: {e}")
     for line in errors:
@@ -75,9 +86,15 @@ def check(
 
 
 def check_data_command(
-    datalist: str = "", dataset_dir: str = "", folder: str = "", num_classes: int | None = None, labels: bool = False
+    datalist: str = "",
+    dataset_dir: str = "",
+    folder: str = "",
+    num_classes: int | None = None,
+    labels: bool = False,
+    channels: int = 1,
+    modality: str = "CT",
 ) -> None:
-    sys.exit(1 if check(datalist, dataset_dir, folder, num_classes, labels) else 0)
+    sys.exit(1 if check(datalist, dataset_dir, folder, num_classes, labels, channels, modality) else 0)
 
 
 if __name__ == "__main__":
