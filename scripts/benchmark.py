@@ -37,7 +37,7 @@ from scripts.pretraining.steps import SSLTrainStep
 from scripts.speed import compile_network, use_attention
 
 VARIANTS = ("plain", "bundle", "compile", "checkpoint")
-TASKS = ("pretrain", "finetune", "infer")
+WORKLOADS = ("pretrain", "finetune", "infer")
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -178,7 +178,7 @@ def run(
         torch.set_num_threads(threads)
     roi3 = _side3(roi, "roi")
     volume3 = _side3(volume if volume is not None else [32 * round(1.5 * s / 32) for s in roi3], "volume")
-    task_list, variant_list = _split(tasks, TASKS, "tasks"), _split(variants, VARIANTS, "variants")
+    task_list, variant_list = _split(tasks, WORKLOADS, "tasks"), _split(variants, VARIANTS, "variants")
     opts = dict(roi=roi3, batch=batch, crops=crops, volume=volume3, classes=classes)
     opts.update(sw_batch_size=sw_batch_size, overlap=overlap)
     amp_dtype = AMP_DTYPES.get(amp) if amp else None
@@ -203,7 +203,9 @@ def run(
         if task == "pretrain":
             template = SSLHead(feature_size=feature_size, window_size=window_size)
         else:
-            template = SwinUNETR(in_channels=1, out_channels=classes, feature_size=feature_size, window_size=window_size)
+            template = SwinUNETR(
+                in_channels=1, out_channels=classes, feature_size=feature_size, window_size=window_size
+            )
         cases = {v: _Case(task, v, template, dev, amp_dtype, opts) for v in variant_list}
         first: dict = {}
         for v, case in cases.items():  # untimed rounds: allocator, kernel selection, compilation

@@ -77,3 +77,10 @@ def compile_network(network: nn.Module, enabled: bool = False, mode: str | None 
         network.compile(mode=mode)
         logger.info(f"torch.compile on (mode {mode or 'default'}): the first iterations include compilation")
     return network
+
+
+def prepare_network(network: nn.Module, device, attention: str = "sdpa", compile: bool = False) -> nn.Module:
+    """The configs' ``network``: ``network_def`` with the chosen attention kernel, on ``device`` (a string or
+    a ``torch.device``), compiled when asked."""
+    network = use_attention(network, attention).to(torch.device(device))
+    return compile_network(network, enabled=compile)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import torch
 from scripts.tools.phantoms import write_phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
+# the CPU overlays' Swin window: networks built here must match it to load into runs with configs/small*.json
+SMALL_WINDOW = json.loads((ROOT / "configs" / "small.json").read_text())["window_size"]
 SHARED = ROOT.parent / "shared"
 REAL_CT = SHARED / "data" / "real_ct"
 
@@ -85,7 +88,10 @@ def random_model(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("random_model")
     torch.manual_seed(0)
-    torch.save(SwinUNETR(in_channels=1, out_channels=14, feature_size=12).state_dict(), out / "model.pt")
+    torch.save(
+        SwinUNETR(in_channels=1, out_channels=14, feature_size=12, window_size=SMALL_WINDOW).state_dict(),
+        out / "model.pt",
+    )
     return out
 
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
 
-from conftest import ROOT, SHARED, configs
+from conftest import ROOT, SHARED, SMALL_WINDOW, configs
 
 
 def pins(path):
@@ -142,7 +142,7 @@ def test_ckpt_export_traces_the_network_for_torchscript(random_model, tmp_path):
         bundle_root=str(ROOT),
     )
     traced = torch.jit.load(str(tmp_path / "model.ts"))
-    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12).eval()
+    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, window_size=SMALL_WINDOW).eval()
     net.load_state_dict(torch.load(random_model / "model.pt", weights_only=True))
     x = torch.rand(1, 1, 64, 64, 64)
     with torch.no_grad():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from conftest import ROOT, bundle_run, configs
+from conftest import ROOT, SMALL_WINDOW, bundle_run, configs
 
 pytestmark = pytest.mark.slow  # every test runs or reads a pre-training workflow
 
@@ -70,7 +70,7 @@ def test_pretraining_writes_snapshots_and_tensorboard_logs(pretrained):
 
 def test_the_encoder_file_has_exactly_the_fine_tuning_encoder_keys(pretrained):
     state = torch.load(pretrained["dir"] / "models" / "ssl_encoder.pt", map_location="cpu", weights_only=True)
-    reference = SwinUNETR(in_channels=1, out_channels=14, feature_size=12).state_dict()
+    reference = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, window_size=SMALL_WINDOW).state_dict()
     assert set(state) == {k for k in reference if k.startswith("swinViT.")}
     assert all(state[k].shape == reference[k].shape for k in state)
 

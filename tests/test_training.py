@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.metrics import DiceMetric
 from monai.networks.nets import SwinUNETR
 
-from conftest import FAST, ROOT, TRAIN_EPOCHS, configs
+from conftest import FAST, ROOT, SMALL_WINDOW, TRAIN_EPOCHS, configs
 
 # Mean Dice (13 organs) on training phantoms must beat the untrained network by at least this much.
 LEARNING_MARGIN = 0.10
@@ -42,7 +42,7 @@ def mean_dice_on(network, items) -> float:
 def test_training_writes_flat_best_model(trained):
     state = torch.load(trained["dir"] / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12)
+    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, window_size=SMALL_WINDOW)
     net.load_state_dict(state)  # strict: every key of the fine-tuning network, nothing else
     assert trained["state"]["epoch"] == TRAIN_EPOCHS
     assert trained["state"]["iteration"] == TRAIN_EPOCHS * trained["state"]["epoch_length"]
@@ -62,8 +62,8 @@ def test_network_learns_on_training_phantoms(trained, phantoms):
 
     items = load_decathlon_datalist(str(phantoms / "dataset.json"), True, "training", base_dir=str(phantoms))[:2]
     torch.manual_seed(0)
-    untrained = SwinUNETR(in_channels=1, out_channels=14, feature_size=12)
-    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12)
+    untrained = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, window_size=SMALL_WINDOW)
+    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, window_size=SMALL_WINDOW)
     net.load_state_dict(torch.load(trained["dir"] / "models" / "model.pt", map_location="cpu", weights_only=True))
     before, after = mean_dice_on(untrained, items), mean_dice_on(net, items)
     print(f"mean organ Dice on training phantoms: untrained {before:.3f}, trained {after:.3f}")

@@ -94,6 +94,16 @@ def test_wrong_size_fails_with_the_mismatched_names(tmp_path):
         load_encoder(small_net(2), str(tmp_path / "w.pt"))
 
 
+def test_weights_of_another_swin_window_name_the_window_to_set(tmp_path):
+    # the CPU overlays use window 4, the paper and every published encoder window 7
+    torch.save(encoder_of(small_net(1, window_size=7).state_dict()), tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=r"weights use Swin window 7, the network 4: set --window_size 7"):
+        load_encoder(small_net(2, window_size=4), str(tmp_path / "w.pt"))
+    torch.save(encoder_of(small_net(1, window_size=4).state_dict()), tmp_path / "w4.pt")
+    with pytest.raises(ValueError, match=r"weights use Swin window 4, the network 7: set --window_size 4"):
+        load_encoder(small_net(2, window_size=7), str(tmp_path / "w4.pt"))
+
+
 def test_a_lower_required_fraction_loads_the_rest_and_names_what_was_skipped(tmp_path, caplog):
     partial = {k: v for k, v in ENCODER.items() if not k.startswith("swinViT.layers4")}
     torch.save(partial, tmp_path / "w.pt")
@@ -217,6 +227,7 @@ def test_training_configs_load_research_weights_with_legacy_merging(names, tmp_p
             "dataset_dir": str(phantoms),
             "device": "$torch.device('cpu')",
             "pretrained_encoder": str(tmp_path / "model_swinvit.pt"),
+            "window_size": 7,  # the research code's window, whatever the CPU overlay picks
         }
     )
     parser.get_parsed_content("initialize")

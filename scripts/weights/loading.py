@@ -82,13 +82,27 @@ def load_pretrained(
     if len(loadable) < min_fraction * len(target):
         raise WeightsError(
             f"{path}: only {len(loadable)} of {len(target)} {what} tensors match ({fmt} format), "
-            f"below the required {min_fraction:.0%}; {details}"
+            f"below the required {min_fraction:.0%}{_window_hint(source, target)}; {details}"
         )
     network.load_state_dict(loadable, strict=False)
     logger.info(summary + (f"; skipped {details}" if details else ""))
     if unused:
         logger.info(f"{path}: {len(unused)} tensors not used by the network, e.g. {unused[:5]}")
     return len(loadable)
+
+
+def _window_hint(source: dict, target: dict) -> str:
+    """Name the Swin window of the weights when it differs from the network's: the relative-position
+    tables hold (2w - 1)^3 rows for window w, the only tensors a different window changes."""
+    table = next((k for k in target if k.endswith("relative_position_bias_table") and k in source), None)
+    if table is None or source[table].shape == target[table].shape:
+        return ""
+
+    def window(rows: int) -> int:
+        return (round(rows ** (1 / 3)) + 1) // 2
+
+    theirs, ours = window(source[table].shape[0]), window(target[table].shape[0])
+    return f" (the weights use Swin window {theirs}, the network {ours}: set --window_size {theirs})"
 
 
 def load_encoder(network: torch.nn.Module, path: str, fmt: str = "auto", min_fraction: float = 1.0) -> int:
