@@ -167,12 +167,13 @@ def run(
         volume: side(s) of the volume segmented by sliding window (default 1.5 x roi, rounded to 32).
         window_size: Swin window (paper: 7), for all variants. amp: None, "fp16" or "bf16".
         tasks, variants: comma-separated choices (see the module docstring).
-        repeats, warmup: timed and untimed rounds; threads: torch CPU threads (default: torch's).
+        repeats, warmup: timed and untimed rounds (the first call of each variant, with its compilation and
+            allocations, is reported apart); threads: torch CPU threads (default: torch's).
     """
     if amp is not None and amp not in AMP_DTYPES:
         raise ConfigError(f"amp must be None, 'fp16' or 'bf16', got {amp!r}")
-    if repeats < 1:
-        raise ConfigError(f"repeats must be at least 1, got {repeats}")
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be at least 1 and warmup at least 0, got {repeats} and {warmup}")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if threads:
         torch.set_num_threads(threads)
@@ -209,9 +210,9 @@ def run(
         cases = {v: _Case(task, v, template, dev, amp_dtype, opts) for v in variant_list}
         first: dict = {}
         for v, case in cases.items():  # untimed rounds: allocator, kernel selection, compilation
-            first[v] = _timed(case)[0]
-            for _ in range(warmup - 1):
-                _timed(case)
+            for _ in range(warmup):
+                seconds = _timed(case)[0]
+                first.setdefault(v, seconds)
         times: dict = {v: [] for v in cases}
         peaks: dict = {v: 0.0 for v in cases}
         for r in range(repeats):
@@ -220,6 +221,7 @@ def run(
                 times[v].append(seconds)
                 peaks[v] = max(peaks[v], peak)
             print(f"{task}: round {r + 1}/{repeats} " + " ".join(f"{v} {times[v][-1]:.3f}s" for v in cases), flush=True)
+        first = {v: first.get(v, times[v][0]) for v in cases}  # without warm-up the first call is timed
         base = statistics.median(times[variant_list[0]])
         results["tasks"][task] = {
             v: {
