@@ -268,4 +268,4 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    fire.Fire(run)
+    fire.Fire(run, serialize=lambda result: None)  # the table is printed; the dict is for callers

@@ -238,4 +238,4 @@ def _finish(check: _Check, out: Path, start: float, dry_run: bool) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(fire.Fire(run))
+    sys.exit(fire.Fire(run, serialize=lambda code: None))
