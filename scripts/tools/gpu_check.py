@@ -128,7 +128,7 @@ def run(
     # 2. data: phantoms (labelled) plus the unlabelled real CT, one real volume held out for validation
     data = out / "phantoms"
     datalist = write_phantoms(
-        str(data), num_train=2 if dry_run else 8, num_val=1 if dry_run else 2, num_test=0, seed=seed
+        str(data), num_train=2 if dry_run else 8, num_val=1 if dry_run else 4, num_test=0, seed=seed
     )
     real = sorted(Path(real_ct_dir).glob("*_ct.nii.gz")) if os.path.isdir(real_ct_dir) else []
     train_sources, val_sources = [datalist], [datalist]
@@ -155,6 +155,8 @@ def run(
         ckpt_interval=interval,
         image_interval=interval,
         log_interval=max(1, iterations // 40),
+        # the paper's 500 warm-up iterations would fill a short run: warm up for its first tenth
+        warmup_iterations=max(1, iterations // 10),
         **common,
     )
     if ok:
