@@ -5,11 +5,9 @@ two labelled images splits off none) the final weights become the model instead 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import ValidationHandler
 
 from scripts.atomic_files import atomic_path
 from scripts.distributed import rank, unwrap_model
@@ -18,38 +16,39 @@ logger = logging.getLogger(__name__)
 
 
 class ValidationOrFinalModel:
-    """MONAI's ``ValidationHandler`` every ``interval`` epochs when the validator has data; otherwise, at the end
-    of training, the network's weights written to ``model_path`` as a flat state_dict (what the best-model
-    saver writes after a validation), with a warning that nothing was validated.
+    """Runs ``validator`` every ``interval`` epochs and after the last epoch, when it has data; otherwise, at the end
+    of training, writes the network's weights to ``model_path`` as a flat state_dict (what the best-model saver
+    writes after a validation), with a warning that nothing was validated.
 
-    ``interval`` is capped at the trainer's ``max_epochs`` so that a run shorter than ``val_interval`` (MONAI
-    Label sets only ``train#trainer#max_epochs``) still validates once, at its end, and writes its model.
+    The last epoch counts because MONAI Label sets only ``train#trainer#max_epochs`` (50 by default, below the
+    default ``val_interval`` 100): a run of any length then validates, and its best model is written.
     """
 
-    def __init__(self, validator, interval: int, network: torch.nn.Module, model_path: str, epoch_level=True):
+    def __init__(self, validator, interval: int, network: torch.nn.Module, model_path: str):
         self.validator = validator
-        self.interval = interval
+        self.interval = max(1, int(interval))
         self.network = network
         self.model_path = model_path
-        self.epoch_level = epoch_level
+        self.has_data = True
 
     def attach(self, engine: Engine) -> None:
-        if len(self.validator.data_loader) > 0:
-            interval = min(self.interval, engine.state.max_epochs) if self.epoch_level else self.interval
-            ValidationHandler(validator=self.validator, interval=max(1, interval), epoch_level=self.epoch_level).attach(
-                engine
+        self.has_data = len(self.validator.data_loader) > 0
+        if not self.has_data:
+            logger.warning(
+                f"no validation data: nothing is validated, and the weights at the end of training are written "
+                f"to {self.model_path}"
             )
-            return
-        logger.warning(
-            f"no validation data: nothing is validated, and the weights at the end of training are written to "
-            f"{self.model_path}"
-        )
-        engine.add_event_handler(Events.COMPLETED, self.save_final)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
 
-    def save_final(self, engine: Engine) -> None:
-        if rank() != 0:
+    def epoch_completed(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        if self.has_data and (epoch % self.interval == 0 or epoch == engine.state.max_epochs):
+            self.validator.run(epoch)
+
+    def completed(self, engine: Engine) -> None:
+        if self.has_data or rank() != 0:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(self.model_path)), exist_ok=True)
         with atomic_path(self.model_path) as tmp:
             torch.save(unwrap_model(self.network).state_dict(), tmp)
         logger.info(f"final weights (epoch {engine.state.epoch}) written to {self.model_path}")
