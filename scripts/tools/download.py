@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle_path", default=".")
     parser.add_argument("--large_file_name", default="large_files.yml")
     args = parser.parse_args(argv)
-    logging.getLogger("monai.apps").setLevel(logging.ERROR)  # the lines below say what happened to each file
+    # MONAI logs each failure with its own handler; the lines below say what happened to each file
+    logging.getLogger("monai.apps").setLevel(logging.CRITICAL)
     failed = download_listed(args.bundle_path, args.large_file_name)
     if failed:
         print(f"ERROR: {failed} file(s) could not be downloaded (listed above); run again when the network is back")
