@@ -31,8 +31,18 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
+def running_as_command() -> bool:
+    """True in a ``python -m monai.bundle ...`` process (also each torchrun worker), False where the configs are
+    imported by another program (MONAI Label's server, a notebook, a test) whose process is not ours to change."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name in ("monai.bundle", "monai.bundle.__main__")
+
+
 def install_error_hook() -> None:
-    """Make an uncaught ``ReportedError`` print ``ERROR: <message>`` and exit with status 1."""
+    """When run as a command, make an uncaught ``ReportedError`` print ``ERROR: <message>`` and exit with status 1;
+    elsewhere nothing (the host program keeps its own ``sys.excepthook``)."""
+    if not running_as_command():
+        return
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):

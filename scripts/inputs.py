@@ -15,6 +15,7 @@ import os
 import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
+from monai.transforms import Spacingd
 
 from scripts.dicom.series import cached_nifti
 from scripts.errors import InputError
@@ -293,3 +294,29 @@ def require_file(path: str, what: str) -> str:
     if not os.path.isfile(path):
         raise InputError(f"{what} {path}: file not found")
     return path
+
+
+class PathSafeSpacingd(Spacingd):
+    """``Spacingd`` that leaves non-dict companions of its keys alone.
+
+    Since MONAI 1.6 ``Spacingd`` updates, as metadata, every item whose key starts with ``<key>_``; MONAI Label
+    puts the input file name, a string, at ``image_path``, which then fails with "'str' object has no attribute
+    'update'". Such items are set aside during the call and put back unchanged; dict companions
+    (``image_meta_dict``) are updated as before.
+    """
+
+    def __call__(self, data, lazy: bool | None = None):
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {
+            k: v for k, v in data.items() if isinstance(k, str) and k.startswith(prefixes) and not isinstance(v, dict)
+        }
+        d = super().__call__({k: v for k, v in data.items() if k not in aside}, lazy=lazy)
+        d.update(aside)
+        return d
+
+
+def worker_count(most: int) -> int:
+    """``most`` data-loading workers, or as many as this process may use CPUs when fewer (PyTorch warns above
+    that, and MONAI Label cannot override ``num_workers``)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(most, available))

@@ -5,10 +5,12 @@ the weights were trained with is restored.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
 import torch
+import yaml
 
 from scripts.distributed import unwrap_model
 from scripts.weights.formats import (
@@ -110,23 +112,62 @@ def load_encoder(network: torch.nn.Module, path: str, fmt: str = "auto", min_fra
     return load_pretrained(network, path, fmt=fmt, part="encoder", min_fraction=min_fraction)
 
 
+LARGE_FILES = "large_files.yml"
+
+
+def listed_legacy_file(path: str) -> str | None:
+    """The ``large_files.yml`` entry (its ``path``) that the weight file at ``path`` is, byte for byte, when the
+    bundle lists that entry under ``legacy_patch_merging``; None otherwise.
+
+    The list is next to ``models/`` (the bundle root); a file is that entry when it sits at the entry's path and
+    has its ``hash_val``. A file trained further (another hash) is not recognised, as it should not be: how it
+    was trained decides its merging order.
+    """
+    path = os.path.abspath(path)
+    root = os.path.dirname(os.path.dirname(path))
+    listing = os.path.join(root, LARGE_FILES)
+    if not os.path.isfile(listing) or not os.path.isfile(path):
+        return None
+    with open(listing) as f:
+        listed = yaml.safe_load(f) or {}
+    legacy = set(listed.get("legacy_patch_merging") or [])
+    for entry in listed.get("large_files") or []:
+        name = entry.get("path", "")
+        if name not in legacy or os.path.abspath(os.path.join(root, name)) != path or not entry.get("hash_val"):
+            continue
+        digest = hashlib.new(entry.get("hash_type") or "md5")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        if digest.hexdigest() == str(entry["hash_val"]).lower():
+            return name
+    return None
+
+
 def patch_merging(path: str = "", fmt: str = "auto", choice: str = "auto"):
     """The ``downsample`` argument of ``SwinUNETR`` / ``SSLHead`` for weights at ``path``.
 
     ``choice``: ``"merging"`` (MONAI's current order), ``"legacy"`` (pre-1.5 order, see
     ``scripts.weights.legacy_merging``) or ``"auto"``: legacy for the formats released before MONAI 1.5
-    (``research``, ``research_btcv``, ``monai_ssl``), current otherwise and when there is no file.
-    A flat state_dict cannot tell when it was trained: set ``"legacy"`` for the model zoo's 2022
-    ``model.pt`` and for bundle files fine-tuned with legacy merging.
+    (``research``, ``research_btcv``, ``monai_ssl``) and for a file ``large_files.yml`` lists under
+    ``legacy_patch_merging`` (recognised by its hash: the model zoo's BTCV ``models/model.pt``), current
+    otherwise and when there is no file. Other flat state_dicts cannot tell when they were trained: set
+    ``"legacy"`` for bundle files fine-tuned with legacy merging.
     """
     from scripts.weights.legacy_merging import LegacyPatchMerging
 
     if choice not in ("auto", "merging", "legacy"):
         raise ValueError(f"patch_merging must be 'auto', 'merging' or 'legacy', got {choice!r}")
+    reason = ""
     if choice == "auto":
         # no file (yet): the workflow reports it where it loads weights; the network can still be built
-        choice = "legacy" if path and os.path.isfile(path) and file_format(path, fmt) in LEGACY_FORMATS else "merging"
+        choice = "merging"
+        if path and os.path.isfile(path):
+            if file_format(path, fmt) in LEGACY_FORMATS:
+                choice = "legacy"
+            elif listed := listed_legacy_file(path):
+                choice, reason = "legacy", f" (the {listed} listed in {LARGE_FILES})"
     if choice == "legacy":
-        logger.info(f"using MONAI's pre-1.5 3-D patch merging order{f' for {path}' if path else ''}")
+        logger.info(f"using MONAI's pre-1.5 3-D patch merging order{f' for {path}' if path else ''}{reason}")
         return LegacyPatchMerging
     return "merging"

@@ -1,0 +1,66 @@
+"""Behaviour only as a command: misspelled ids stop the run, the one-line error hook, configs from any folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from scripts.cli import check_command_line, unknown_ids
+from scripts.errors import ConfigError, install_error_hook
+
+from conftest import ROOT, configs
+
+
+def argv(*names, **ids) -> list[str]:
+    out = ["run", "--config_file", str(configs(*names))]
+    for key, value in ids.items():
+        out += [f"--{key}", str(value)]
+    return out
+
+
+def test_a_misspelled_id_is_named_with_the_closest_known_one():
+    with pytest.raises(ConfigError, match=r"unknown id 'dataset_dri' \(did you mean 'dataset_dir'\?\)"):
+        check_command_line(argv("inference.json", dataset_dri="/data/x"))
+    assert unknown_ids(argv("train.json", datalsit="x")) == ["unknown id 'datalsit' (did you mean 'datalist'?)"]
+    assert unknown_ids(argv("train.json", zzz=1)) == ["unknown id 'zzz'"]
+
+
+def test_ids_of_every_given_config_and_of_monai_bundle_run_are_known():
+    known = {"dataset_dir": "/d", "meta_file": "m.json", "logging_file": "l.conf", "validate#inferer#progress": 0}
+    assert unknown_ids(argv("train.json", "evaluate.json", ckpt_path="m.pt", **known)) == []
+    assert unknown_ids(argv("train.json", ckpt_path="m.pt")) == ["unknown id 'ckpt_path'"]  # evaluate.json's id
+    assert unknown_ids(["run", "--config_file=" + configs("pretrain.json")[0], "--max_iterations=3"]) == []
+
+
+def test_nothing_is_checked_or_hooked_when_the_configs_are_imported():
+    """Inside another program (MONAI Label's server, this test run) its ids and its excepthook are its own."""
+    hook = sys.excepthook
+    install_error_hook()
+    check_command_line()  # sys.argv is pytest's
+    assert sys.excepthook is hook
+
+
+def run_elsewhere(cwd, *args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**env, "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.mark.slow
+def test_from_another_folder_a_typo_stops_the_command_before_any_work_with_one_line(tmp_path):
+    """Run where 'scripts' cannot be imported: the check itself lives in scripts.cli, so its message also shows
+    that --bundle_root made the bundle's modules importable (docs/README.md, Commands)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = configs("inference.json")[0]
+    out = tmp_path / "seg"
+    proc = run_elsewhere(
+        elsewhere, "--config_file", config, "--bundle_root", str(ROOT), "--output_dir", str(out), "--dataset_dri", "x"
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: unknown id 'dataset_dri' (did you mean 'dataset_dir'?)"), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not out.exists() and os.listdir(elsewhere) == []
