@@ -8,7 +8,7 @@ it prints min / median seconds, the ratio of medians to ``plain`` and the peak C
 the figures as JSON. Variants:
 
 - ``plain``: MONAI's SwinUNETR as is (matrix attention), AdamW with PyTorch's default implementation.
-- ``bundle``: what the configs run: SDPA window attention (``scripts.speed``), MONAI's fused inference
+- ``bundle``: what the configs run: SDPA window attention (``scripts.network.speed``), MONAI's fused inference
   attention, fused AdamW.
 - ``compile``: ``bundle`` plus ``torch.compile`` (the first, compiling call is reported separately).
 - ``checkpoint``: ``bundle`` plus activation checkpointing (``use_checkpoint``), for memory.
@@ -31,10 +31,10 @@ from monai.networks.nets import SwinUNETR
 
 from scripts.atomic_files import atomic_path
 from scripts.errors import ConfigError
+from scripts.network.speed import compile_network, use_attention
 from scripts.pretraining.loss import SSLLoss
 from scripts.pretraining.network import SSLHead
 from scripts.pretraining.steps import SSLTrainStep
-from scripts.speed import compile_network, use_attention
 
 VARIANTS = ("plain", "bundle", "compile", "checkpoint")
 WORKLOADS = ("pretrain", "finetune", "infer")

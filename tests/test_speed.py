@@ -14,7 +14,7 @@ from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import WindowAttention, compute_mask
 
 from scripts.errors import ConfigError
-from scripts.speed import SDPAWindowAttention, compile_network, use_attention
+from scripts.network.speed import SDPAWindowAttention, compile_network, use_attention
 
 from conftest import ROOT, configs
 
@@ -98,7 +98,7 @@ def test_fused_inference_path_equals_plain_monai():
 
 def test_the_kernel_is_picked_by_id_and_logged(caplog):
     net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, window_size=4, use_flash_attention=True)
-    with caplog.at_level(logging.INFO, logger="scripts.speed"):
+    with caplog.at_level(logging.INFO, logger="scripts.network.speed"):
         use_attention(net, "sdpa")
         assert all(type(m) is SDPAWindowAttention for m in net.modules() if isinstance(m, WindowAttention))
         use_attention(net, "monai")

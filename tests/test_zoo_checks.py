@@ -13,7 +13,7 @@ import pytest
 import torch
 from monai.bundle import create_workflow, onnx_export, verify_metadata, verify_net_in_out
 
-from conftest import ROOT, SHARED, configs
+from conftest import ROOT, SHARED, SMALL_WINDOW, configs
 
 SCHEMA = SHARED / "schema" / "meta_schema_20240725.json"
 META = str(ROOT / "configs" / "metadata.json")
@@ -47,6 +47,7 @@ def export(command, out, model: str) -> None:
         use_trace=True,
         input_shape=TRACE_SHAPE,
         feature_size=12,
+        window_size=SMALL_WINDOW,  # random_model's window
         ckpt_path=model,
     )
 
@@ -60,7 +61,7 @@ def test_onnx_export_runs_in_onnx_runtime_like_pytorch(tmp_path, random_model):
     export(onnx_export, out, model)
     from monai.networks.nets import SwinUNETR
 
-    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12).eval()
+    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, window_size=SMALL_WINDOW).eval()
     net.load_state_dict(torch.load(model, weights_only=True))
     x = torch.rand(*shape)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -85,6 +86,7 @@ def test_check_properties_finds_every_required_and_optional_id(tmp_path, phantom
         output_dir=str(tmp_path / "out"),
         ckpt_path=str(random_model / "model.pt"),
         feature_size=12,
+        window_size=SMALL_WINDOW,
         dataset_dir=data,
         num_workers=0,
     )

@@ -1,0 +1,1 @@
+"""The Swin networks as the workflows run them: attention kernel, compilation, device."""
