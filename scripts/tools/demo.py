@@ -132,8 +132,8 @@ def run_demo(
     data_dir: str = "data/phantoms",
     num_train: int = 16,
     num_val: int = 4,
-    pretrain_iterations: int = 24,
-    max_epochs: int = 12,
+    pretrain_iterations: int = 40,
+    max_epochs: int = 30,
     seed: int = 0,
     real_ct_dir: str = os.path.join(os.path.dirname(ROOT), "shared", "data", "real_ct"),
 ):

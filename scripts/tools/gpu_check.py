@@ -75,7 +75,7 @@ class _Check:
         return proc.returncode == 0, text, seconds
 
 
-def check(
+def gpu_check(
     out_dir: str = "runs/gpu_check",
     dry_run: bool = False,
     real_ct_dir: str = REAL_CT,
@@ -240,4 +240,4 @@ def _finish(check: _Check, out: Path, start: float, dry_run: bool) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(fire.Fire(check, serialize=lambda code: None))
+    sys.exit(fire.Fire(gpu_check, serialize=lambda code: None))
