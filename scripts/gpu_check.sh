@@ -18,7 +18,7 @@ PY=${PYTHON:-python3}
 if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
 if [ -n "${WHEELS:-}" ]; then
   site=${SITE:-/tmp/gpu_check_site}
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$WHEELS"/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$WHEELS"/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 exec "$PY" -m scripts.tools.gpu_check "${args[@]}"
