@@ -25,6 +25,7 @@ class SSLHead(nn.Module):
             picks the legacy order for weights trained with it).
         window_size: Swin attention window (paper: 7); the relative-position tables are sized by it, so
             weights load only into a network of the same window.
+        use_flash_attention: MONAI's fused attention whenever no gradient is taken (validation).
 
     Input ``(B, in_channels, H, W, D)`` with sides divisible by 32 and at least 64. Returns
     ``(rotation logits (B, 4), projection (B, proj_dim), reconstruction (B, in_channels, H, W, D))``.
@@ -39,6 +40,7 @@ class SSLHead(nn.Module):
         use_checkpoint: bool = False,
         downsample="merging",
         window_size: int = 7,
+        use_flash_attention: bool = False,
     ):
         super().__init__()
         token_choice = {"paper": "reference"}.get(token_choice, token_choice)
@@ -53,6 +55,7 @@ class SSLHead(nn.Module):
             use_checkpoint=use_checkpoint,
             downsample=downsample,
             window_size=window_size,
+            use_flash_attention=use_flash_attention,
         ).swinViT
         dim = 16 * feature_size
         self.rotation_head = nn.Linear(dim, 4)
