@@ -8,8 +8,9 @@ it prints min / median seconds, the ratio of medians to ``plain`` and the peak C
 the figures as JSON. Variants:
 
 - ``plain``: MONAI's SwinUNETR as is (matrix attention), AdamW with PyTorch's default implementation.
-- ``bundle``: what the configs run: SDPA window attention (``scripts.network.speed``), MONAI's fused inference
-  attention, fused AdamW.
+- ``bundle``: what the configs run: SDPA window attention on CUDA (``scripts.network.speed``), MONAI's fused
+  attention whenever no gradient is taken, fused AdamW.
+- ``sdpa``: ``bundle`` with the SDPA kernel also on the CPU.
 - ``compile``: ``bundle`` plus ``torch.compile`` (the first, compiling call is reported separately).
 - ``checkpoint``: ``bundle`` plus activation checkpointing (``use_checkpoint``), for memory.
 """
@@ -36,7 +37,7 @@ from scripts.pretraining.loss import SSLLoss
 from scripts.pretraining.network import SSLHead
 from scripts.pretraining.steps import SSLTrainStep
 
-VARIANTS = ("plain", "bundle", "compile", "checkpoint")
+VARIANTS = ("plain", "bundle", "sdpa", "compile", "checkpoint")
 WORKLOADS = ("pretrain", "finetune", "infer")
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -56,7 +57,9 @@ class _Case:
             for module in network.modules():
                 if hasattr(module, "use_checkpoint"):
                     module.use_checkpoint = True
-        use_attention(network, "monai" if variant == "plain" else "sdpa")
+        # the configs' default kernel: SDPA on CUDA, MONAI's matrix path in CPU training (measured faster there)
+        sdpa = variant == "sdpa" or (variant != "plain" and device.type == "cuda")
+        use_attention(network, "sdpa" if sdpa else "monai")
         for module in network.modules():
             if hasattr(module, "use_flash_attention"):
                 module.use_flash_attention = variant != "plain"
