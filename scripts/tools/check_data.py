@@ -18,6 +18,7 @@ summary; exits 1 when any error was found.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -85,16 +86,9 @@ def check(
     return len(errors)
 
 
-def check_data_command(
-    datalist: str = "",
-    dataset_dir: str = "",
-    folder: str = "",
-    num_classes: int | None = None,
-    labels: bool = False,
-    channels: int = 1,
-    modality: str = "CT",
-) -> None:
-    sys.exit(1 if check(datalist, dataset_dir, folder, num_classes, labels, channels, modality) else 0)
+@functools.wraps(check)  # the same arguments and help, for fire
+def check_data_command(*args, **kwargs) -> None:
+    sys.exit(1 if check(*args, **kwargs) else 0)
 
 
 if __name__ == "__main__":
