@@ -244,7 +244,12 @@ def test_inference_runs_a_research_btcv_checkpoint(tmp_path, phantoms):
     torch.save(LAYOUTS["research BTCV checkpoint"], tmp_path / "models" / "model.pt")
     proc = bundle_run(
         ["inference.json", "small.json"],
-        {"dataset_dir": phantoms / "imagesTs", "ckpt_dir": tmp_path / "models", "output_dir": tmp_path / "out"},
+        {
+            "dataset_dir": phantoms / "imagesTs",
+            "ckpt_dir": tmp_path / "models",
+            "output_dir": tmp_path / "out",
+            "window_size": 7,  # the research code's window, whatever the CPU overlay picks
+        },
     )
     assert f"loaded {len(SOURCE)} of {len(SOURCE)} network tensors" in proc.stdout + proc.stderr
     assert "(research_btcv)" in proc.stdout + proc.stderr and "pre-1.5 3-D patch merging" in proc.stdout + proc.stderr
