@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import nibabel as nib
 import pytest
 
 from scripts.cli import check_command_line, unknown_ids
@@ -64,3 +65,29 @@ def test_from_another_folder_a_typo_stops_the_command_before_any_work_with_one_l
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ERROR: unknown id 'dataset_dri' (did you mean 'dataset_dir'?)"), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not out.exists() and os.listdir(elsewhere) == []
+
+
+@pytest.mark.slow
+def test_from_another_folder_inference_segments_with_bundle_root(tmp_path, phantoms, random_model):
+    """The whole workflow, not only its first steps, finds the bundle's modules from any working folder."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "seg"
+    proc = run_elsewhere(
+        elsewhere,
+        "--config_file",
+        str(configs("inference.json", "small.json")),
+        "--bundle_root",
+        str(ROOT),
+        "--dataset_dir",
+        str(phantoms / "imagesTs"),
+        "--ckpt_dir",
+        str(random_model),
+        "--output_dir",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (seg,) = out.glob("*_seg.nii.gz")
+    (image,) = (phantoms / "imagesTs").glob("*.nii.gz")
+    assert nib.load(str(seg)).shape == nib.load(str(image)).shape
+    assert os.listdir(elsewhere) == []  # nothing written where the command was run
