@@ -69,7 +69,8 @@ def infer_like_monailabel(root, image: str) -> dict:
         post = parser.get_parsed_content("postprocessing", instantiate=True)
     finally:
         sys.path.remove(str(root))
-    checkpoint = torch.load(root / "models" / "model.pt", map_location=device)
+    # MONAI Label passes no weights_only; torch >= 2.6 then loads weights only, as here
+    checkpoint = torch.load(root / "models" / "model.pt", map_location=device, weights_only=True)
     network.load_state_dict(checkpoint.get("model", checkpoint), strict=False)
     network.eval()
     data = {"image": image, "image_path": image, "device": device, "model": "swin_unetr_btcv_segmentation"}

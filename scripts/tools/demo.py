@@ -32,11 +32,17 @@ ROOT = str(Path(__file__).resolve().parents[2])  # scripts/tools/demo.py -> the 
 ORGANS = [BTCV_LABELS[i] for i in range(1, 14)]
 
 
-def _bundle_run(step: str, configs: list[str], **overrides) -> float:
-    """Run one bundle workflow in a subprocess, streaming its log; returns the wall time in seconds."""
+def bundle_command(configs: list[str], **overrides) -> list[str]:
+    """``python -m monai.bundle run`` of ``configs/<name>`` files with ``--id value`` overrides, as a user types it."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([f"configs/{c}" for c in configs])]
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+def _bundle_run(step: str, configs: list[str], **overrides) -> float:
+    """Run one bundle workflow in a subprocess, streaming its log; returns the wall time in seconds."""
+    cmd = bundle_command(configs, **overrides)
     print(f"\n=== {step}\n$ {' '.join(cmd)}", flush=True)
     start = time.time()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -53,7 +59,7 @@ def _read_means(path: str) -> dict[str, float]:
     return {k: float(v) if v else float("nan") for k, v in mean_row.items() if k != "case"}
 
 
-def _loss_summary(path: str, window: int = 3) -> tuple[dict, dict]:
+def loss_summary(path: str, window: int = 3) -> tuple[dict, dict]:
     """Mean loss terms over the first and the last ``window`` logged pre-training iterations."""
     with open(path) as f:
         rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
@@ -203,7 +209,7 @@ def run_demo(
         os.path.join(out_dir, "pretrain", "images", f"iteration_{pretrain_iterations:07d}.png"),
         os.path.join(out_dir, "pretrain.png"),
     )
-    start_losses, end_losses = _loss_summary(os.path.join(out_dir, "pretrain", "losses.csv"))
+    start_losses, end_losses = loss_summary(os.path.join(out_dir, "pretrain", "losses.csv"))
     losses = ["| pre-training loss | first 3 iterations | last 3 iterations |", "|---|---|---|"]
     losses += [f"| {k} | {start_losses[k]:.3f} | {end_losses[k]:.3f} |" for k in start_losses]
     losses = "\n".join(losses)

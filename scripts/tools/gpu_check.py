@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from scripts.tools.demo import ROOT, _loss_summary
+from scripts.tools.demo import ROOT, bundle_command, loss_summary
 from scripts.tools.phantoms import write_phantoms
 
 REAL_CT = os.path.join(os.path.dirname(ROOT), "shared", "data", "real_ct")
@@ -54,9 +54,7 @@ class _Check:
 
     def bundle(self, step: str, configs: list[str], **overrides) -> tuple[bool, str, float]:
         """One bundle workflow in a subprocess; its output is streamed and kept in ``<step>.log``."""
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([f"configs/{c}" for c in configs])]
-        for key, value in overrides.items():
-            cmd += [f"--{key}", str(value)]
+        cmd = bundle_command(configs, **overrides)
         print(f"\n=== {step}\n$ {' '.join(cmd)}", flush=True)
         start = time.time()
         lines = []
@@ -160,7 +158,7 @@ def gpu_check(
         **common,
     )
     if ok:
-        first, last = _loss_summary(str(out / "pretrain" / "losses.csv"))
+        first, last = loss_summary(str(out / "pretrain" / "losses.csv"))
         accuracy = _last("val_rotation_accuracy", log)
         check.figures["pretrain"] = {
             "iterations": iterations,
