@@ -35,6 +35,7 @@ WORKFLOWS = {  # chain name -> configs, the preset merged last
 PRESETS = [None] + sorted(p.stem for p in (ROOT / "configs" / "tasks").glob("*.json"))
 # CPU-sized settings that do not change what a chain does: a 16^3 crop on a case of about 30^3 voxels
 TINY = {"roi_size": [16, 16, 16], "num_workers": 0, "cache_rate": 0.0, "sw_batch_size": 4}
+KEYS = ("image", "label")
 GRID = (3, 3, 2)  # cells of the class layout
 CELL = 8  # cell side in voxels of the working spacing
 MARGIN_LOW, MARGIN_HIGH = 2, 4  # air around the body, in working voxels (unequal: no mirror symmetry)
@@ -138,8 +139,8 @@ def intensities(preset, label: np.ndarray, body: np.ndarray, bone: np.ndarray) -
 
 
 def sampler_case_arrays(preset: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A 48 x 48 x 40 voxel body (working spacing) in air with one small labelled cube at its centre: room
-    for 16^3 crops centred anywhere on the cube or on most of the body."""
+    """A 48 x 48 x 40 voxel body (working spacing) in air with one small labelled cube at its centre and air
+    along one edge inside its bounding box: room for 16^3 crops centred anywhere on the cube or the body."""
     n_labels = label_table(preset)[0]
     shape = np.array([48, 48, 40]) + MARGIN_LOW + MARGIN_HIGH
     body = np.zeros(shape, bool)
@@ -147,6 +148,7 @@ def sampler_case_arrays(preset: str | None) -> tuple[np.ndarray, np.ndarray, np.
     label = np.zeros(shape, np.uint8)
     centre = MARGIN_LOW + np.array([24, 24, 20])
     label[tuple(slice(c - 3, c + 3) for c in centre)] = n_labels - 1  # in every region of region tasks
+    body[MARGIN_LOW : MARGIN_LOW + 16, MARGIN_LOW : MARGIN_LOW + 16, :] = False  # air inside the body's box
     affine = np.diag([*stated(preset)["pixdim"], 1.0])
     return intensities(preset, label, body, np.zeros_like(body)), label, affine
 
@@ -176,14 +178,16 @@ def write_dataset(folder: Path, preset: str | None, ratio: float = 1.0) -> Path:
 
 # ---------------------------------------------------------------- reading a chain's output
 def decode_classes(label: torch.Tensor, regions: list | None, n_labels: int) -> torch.Tensor:
-    """The raw label value of each voxel (-1 where a region pattern matches no label value)."""
+    """The raw label value of each voxel; -1 where the label is no label value (interpolated, scaled) or its
+    region pattern matches none."""
     label = torch.as_tensor(label).float()
-    if regions is None:
-        return label[0].round().long()
+    if regions is None or label.shape[0] == 1:  # region tasks: also before LabelToRegionsd
+        exact = (label[0] == label[0].round()) & (label[0] >= 0) & (label[0] < n_labels)
+        return torch.where(exact, label[0].round().long(), -1)
     out = torch.full(label.shape[1:], -1, dtype=torch.long)
     for value in range(n_labels):
         pattern = torch.tensor([float(value in r) for r in regions]).view(-1, 1, 1, 1)
-        out[(label.round() == pattern).all(0)] = value
+        out[(label == pattern).all(0)] = value
     return out
 
 
@@ -253,7 +257,9 @@ def run_steps(transforms, data, seed: int = 0, check=None):
             t.set_random_state(seed=seed + i)
         data = apply_transform(t, data, map_items=True)
         items = data if isinstance(data, list) else [data]
-        channel_first = all(isinstance(v, torch.Tensor) and v.dim() == 4 for d in items for v in d.values())
+        channel_first = all(
+            isinstance(d.get(k), torch.Tensor) and d[k].dim() == 4 for d in items for k in d if k in KEYS
+        )
         if check is not None and channel_first:  # from the first channel-first step on
             for item in items:
                 problem = check(item)
@@ -280,7 +286,8 @@ class StandIn(torch.nn.Module):
         if self.regions is None:
             return F.one_hot(classes, self.n_out).permute(0, 4, 1, 2, 3).to(x) * 10.0
         member = torch.stack([torch.isin(classes, torch.tensor(r, device=x.device)) for r in self.regions], 1)
-        return member.to(x) * 20.0 - 10.0
+        # +0.3: inside a region by its sigmoid (0.57 > 0.5), not by the logit itself (0.3 < 0.5)
+        return torch.where(member, 0.3, -10.0).to(x)
 
 
 def levels_of(image, label, regions, n_labels) -> dict:

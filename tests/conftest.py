@@ -19,6 +19,11 @@ SMALL_WINDOW = json.loads((ROOT / "configs" / "small.json").read_text())["window
 SHARED = ROOT.parent / "shared"
 REAL_CT = SHARED / "data" / "real_ct"
 
+if os.environ.get("CONFIG_MUTANT"):  # tests/mutants.py --kind config: one defect in every config read
+    from config_mutants import install
+
+    install(os.environ["CONFIG_MUTANT"])
+
 # CPU-sized settings on top of configs/small.json, so the suite stays within minutes on 2 cores
 FAST = {"num_workers": 0, "cache_rate": 1.0}
 

@@ -1,21 +1,28 @@
-"""Mutation run: how many plausible mistakes in the pre-training method do the tests catch?
+"""Mutation runs: how many plausible mistakes do the tests catch?
 
-Each mutant changes one line of the proxy-task, view, loss or SSL-head module (the mistakes a
-re-implementation of the method makes: zeros instead of noise, the unrotated crop masked, another
-token, a wrong formula). For each, the repository is copied to a temporary folder, the mutant applied,
-and the method's tests run there; a failing run kills the mutant. Equivalent mutants (same behaviour,
-other code) are listed with the reason and left out of the score.
+``--kind code`` (the default): each mutant changes one line of the proxy-task, view, loss or SSL-head
+module (the mistakes a re-implementation of the method makes: zeros instead of noise, the unrotated crop
+masked, another token, a wrong formula). For each, the repository is copied to a temporary folder, the
+mutant applied, and the method's tests run there; a failing run kills the mutant. Equivalent mutants
+(same behaviour, other code) are listed with the reason and left out of the score.
 
-    python tests/mutants.py                 # all mutants, about 15 minutes on 2 cores
-    python tests/mutants.py --only swap     # those whose name contains "swap"
+``--kind config``: each mutant is one defect of the fine-tuning, evaluation or inference chain applied
+to the parsed configs (``tests/config_mutants.py``); the fast tier runs once per mutant (chain tests
+first, stopping at the first failure). A mutant is killed when the fast tier fails, and *named* when
+that failure's message names the chain and the broken property.
 
-Not part of the test suite (it is slow); its last figures are in docs/README.md.
+    python tests/mutants.py                       # code mutants, about 10 minutes on 2 cores
+    python tests/mutants.py --kind config         # config mutants, about 20 minutes on 2 cores
+    python tests/mutants.py --only swap           # those whose name contains "swap"
+
+Not part of the test suite (it is slow); its last figures are in docs/testing.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 PROXY, VIEWS, LOSS, NET = (
     "scripts/pretraining/proxy_tasks.py",
     "scripts/pretraining/views.py",
@@ -232,12 +240,63 @@ def run_mutant(name, path, old, new, timeout) -> tuple[str, float]:
         return verdict, time.time() - start
 
 
+def run_config_mutant(name: str, expect: tuple[str, str], timeout: int) -> tuple[str, float, str]:
+    """('killed' / 'killed, unnamed' / 'survived', seconds, the first failure's message)."""
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-m", "not slow", "-p", "no:cacheprovider"]
+    cmd += ["tests/test_chains.py", "tests"]  # the chain tests first; pytest collects each file once
+    start = time.time()
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "CONFIG_MUTANT": name, "COLUMNS": "1000"},
+        )
+    except subprocess.TimeoutExpired:
+        return "killed, unnamed", time.time() - start, "timed out"
+    if proc.returncode == 0:
+        return "survived", time.time() - start, ""
+    failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    message = failed[0] if failed else (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    named = all(part in message for part in expect)
+    return ("killed" if named else "killed, unnamed"), time.time() - start, message
+
+
+def main_config(args) -> int:
+    from config_mutants import MUTANTS as CONFIG_MUTANTS
+
+    results = []
+    for name, kind, _, expect in CONFIG_MUTANTS:
+        if args.only not in name:
+            continue
+        verdict, seconds, message = run_config_mutant(name, expect, args.timeout)
+        results.append({"mutant": name, "kind": kind, "verdict": verdict, "message": message})
+        print(f"{verdict:15s} {seconds:6.1f} s  {name} ({kind})\n{'':24s}{message[:300]}", flush=True)
+    killed = sum(r["verdict"].startswith("killed") for r in results)
+    named = sum(r["verdict"] == "killed" for r in results)
+    print(
+        f"\nconfig mutation score (fast tier): {killed} of {len(results)} killed "
+        f"({killed / max(len(results), 1):.0%}), {named} by a message naming the chain and the property"
+    )
+    for r in results:
+        if r["verdict"] != "killed":
+            print(f"{r['verdict']}: {r['mutant']}: {r['message'][:200]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0 if named == len(results) else 1  # the bar: every config mutant killed, by a named test
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", choices=("code", "config"), default="code")
     parser.add_argument("--only", default="", help="run the mutants whose name contains this")
     parser.add_argument("--timeout", type=int, default=600)
     parser.add_argument("--json", default="", help="write the results here")
     args = parser.parse_args()
+    if args.kind == "config":
+        return main_config(args)
     results = []
     for name, path, old, new, equivalent in MUTANTS:
         if args.only not in name:

@@ -221,7 +221,7 @@ def test_a_known_map_round_trips_through_inference_to_the_input_grid(preset, rat
         dice = [
             2 * np.sum((got == c) & (want == c)) / (np.sum(got == c) + np.sum(want == c)) for c in np.unique(want)[1:]
         ]
-        assert np.mean(dice) > 0.85 and min(dice) > 0.6, f"{where}: classes land elsewhere (Dice {np.round(dice, 2)})"
+        assert np.mean(dice) > 0.8 and min(dice) > 0.6, f"{where}: classes land elsewhere (Dice {np.round(dice, 2)})"
 
 
 # ---------------------------------------------------------------- 4. loss and metric mean what the docs say
@@ -300,7 +300,10 @@ def test_evaluation_scores_mean_dice_on_the_label_grid(preset, tmp_path):
         "evaluate", preset, dataset_dir=str(data), output_dir=str(tmp_path / "eval"), ckpt_dir=str(tmp_path / "models")
     )
     parser["network"] = calibrated_network(preset, tmp_path, wrong_class=1)
-    parser.get_parsed_content("run")
+    try:
+        parser.get_parsed_content("run")
+    except Exception as e:
+        raise AssertionError(f"evaluate chain ({name(preset)}): no score on the label's grid: {messages(e)}") from e
     evaluator = parser.get_parsed_content("validate#evaluator")
     label = np.asarray(nib.load(data / "labelsTr" / "case_val.nii.gz").dataobj)
     expected = hand_dice(np.where(label == 1, 0, label), label, preset)
