@@ -7,9 +7,10 @@ whatever the configs' layout.
 
 A case is built from its own label: every class has one intensity (increasing with the class), the
 classes fill the cells of a 3 x 3 x 2 grid in a fixed shuffled order (no flip or quarter turn maps the
-layout onto itself), the body is surrounded by air on unequal margins and holds a block of bone
-(intensity above every window). Whatever a chain does in space, the image inside each class region must
-stay one constant level, with levels in class order: an image moved without its label breaks that.
+layout onto itself), the body is surrounded by air on unequal margins, has air along one edge inside its
+bounding box and holds a block of bone (intensity above every window). Whatever a chain does in space,
+the image inside each class region must stay one constant level, with levels in class order: an image
+moved without its label breaks that.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def case_arrays(preset: str | None, ratio: float = 1.0, seed: int = 3) -> tuple[
     cell = [np.floor((p - MARGIN_LOW) / CELL).astype(int) for p in pos]
     inside = [(c >= 0) & (c < g) for c, g in zip(cell, GRID)]
     body_mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    pocket = (pos[0] < MARGIN_LOW + 4)[:, None, None] & (pos[1] < MARGIN_LOW + 4)[None, :, None]
+    body_mask &= ~pocket  # air along one edge, inside the body's bounding box: it stays after the body crop
     order = np.random.default_rng(seed).permutation(int(np.prod(GRID)))
     classes = (order % n_labels).reshape(GRID)
     ci = [np.clip(c, 0, g - 1) for c, g in zip(cell, GRID)]

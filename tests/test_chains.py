@@ -152,6 +152,7 @@ def test_the_image_is_windowed_or_normalised_as_the_task_states(preset, workflow
         assert not missing, f"{where}: class intensities {missing} of the HU window {task['window']} are missing"
     else:
         for ch in range(image.shape[0]):
+            assert (image[ch] == 0).any(), f"{where}: channel {ch}: air inside the body's box is not 0 (z-scored too)"
             x = image[ch][image[ch] != 0]
             assert abs(float(x.mean())) < 1e-3 and abs(float(x.std(unbiased=False)) - 1) < 1e-2, (
                 f"{where}: channel {ch} is not z-scored over its non-zero voxels "
@@ -175,10 +176,10 @@ def test_inference_preprocesses_an_image_exactly_as_training_validation_does(pre
     )
 
 
-def calibrated_network(preset, tmp_path, wrong_class: int | None = None) -> StandIn:
-    """A stand-in that segments the synthetic cases by the levels training preprocessing gives them
-    (``wrong_class``: that label value is predicted as background)."""
-    case = write_case(tmp_path / "calibration", "case", preset)
+def calibrated_network(preset, tmp_path, wrong_class: int | None = None, ratio: float = 1.0) -> StandIn:
+    """A stand-in that segments the synthetic case of ``ratio`` by the levels training preprocessing gives it
+    (MRI levels depend on the volume's statistics; ``wrong_class``: that label value is taken for background)."""
+    case = write_case(tmp_path / "calibration", "case", preset, ratio=ratio)
     out = apply_all(deterministic(parse("train", preset), "train"), case)
     n, regions = label_table(preset)
     levels = levels_of(out["image"], out["label"], regions, n)
@@ -205,7 +206,7 @@ def test_a_known_map_round_trips_through_inference_to_the_input_grid(preset, rat
     parser = parse(
         "inference", preset, dataset_dir=str(tmp_path / "data" / "imagesTr"), output_dir=str(out_dir), ckpt_path=""
     )
-    parser["network"] = calibrated_network(preset, tmp_path)
+    parser["network"] = calibrated_network(preset, tmp_path, ratio=ratio)
     parser.get_parsed_content("run")
     written = nib.load(out_dir / "case_seg.nii.gz")
     label = nib.load(case["label"])
@@ -342,10 +343,11 @@ def test_the_crop_sampler_centres_half_the_crops_on_labelled_voxels_inside_the_b
     assert in_air == 0, f"{where}: {in_air} background crops centred outside the body"
 
 
-def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine_to_zero():
+@EVERY
+def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine_to_zero(preset):
     """Documented: warm-up for warmup_epochs of max_epochs (50 of 5000), linear from 0, then cosine decay,
     stepped every iteration, over the trainer's length."""
-    parser = parse("train", None)
+    parser = parse("train", preset)
     parser["network"] = torch.nn.Linear(2, 2)
     parser["train#dataloader"] = list(range(7))  # 7 iterations an epoch
     lr, epochs, warm = (documented(k) for k in ("learning_rate", "max_epochs", "warmup_epochs"))
@@ -361,8 +363,8 @@ def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine_to_zero():
     }
     for step, want in expected.items():
         assert rate(step) == pytest.approx(want, abs=1e-9), (
-            f"train chain: learning rate at iteration {step} of {total} is {rate(step):.3g}, documented {want:.3g} "
-            f"(warm-up {warm} of {epochs} epochs, then cosine)"
+            f"train chain ({name(preset)}): learning rate at iteration {step} of {total} is {rate(step):.3g}, "
+            f"documented {want:.3g} (warm-up {warm} of {epochs} epochs, then cosine)"
         )
     assert scheduler.optimizer.param_groups[0]["initial_lr"] == pytest.approx(lr)
 
@@ -408,14 +410,23 @@ def encoder_file(path, preset, seed: int) -> dict:
     return net.state_dict()
 
 
-@pytest.mark.parametrize("preset", [None, "task05_prostate"], ids=name)
+def other_size(path, preset) -> None:
+    from monai.networks.nets import SwinUNETR
+
+    n, regions = label_table(preset)
+    channels, outputs = raw_preset(preset)["in_channels"], len(regions) if regions else n
+    torch.save(SwinUNETR(in_channels=channels, out_channels=outputs, feature_size=24).state_dict(), path)
+
+
+@EVERY
 @pytest.mark.parametrize("workflow", ["train", "evaluate", "inference"])
 def test_the_given_weights_are_the_ones_the_network_runs_with_and_foreign_files_are_refused(workflow, preset, tmp_path):
     """train: --pretrained_encoder replaces the encoder; evaluate and inference: ckpt_path is the whole
     network. A file whose tensors do not match is refused with an error naming it."""
     data = write_dataset(tmp_path / "data", preset)
     weights = encoder_file(tmp_path / "weights.pt", preset, seed=5)
-    torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "foreign.pt")
+    torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "foreign.pt")  # no known weight format
+    other_size(tmp_path / "other_size.pt", preset)  # a Swin UNETR, of another size: no tensor fits
     given = {"pretrained_encoder": "{}"} if workflow == "train" else {"ckpt_path": "{}"}
     common = {
         "bundle_root": str(ROOT),
@@ -427,13 +438,13 @@ def test_the_given_weights_are_the_ones_the_network_runs_with_and_foreign_files_
         **TINY,
     }
     where = f"{workflow} chain ({name(preset)})"
-    for path in ("weights.pt", "foreign.pt"):
+    for path in ("weights.pt", "foreign.pt", "other_size.pt"):
         overrides = {**common, **{k: v.format(tmp_path / path) for k, v in given.items()}}
         wf = ConfigWorkflow(config_file=config_files(workflow, preset), workflow_type="infer", **overrides)
-        if path == "foreign.pt":
+        if path != "weights.pt":
             with pytest.raises(Exception) as err:
                 wf.initialize()
-            assert "foreign.pt" in messages(err.value), f"{where}: a foreign weight file is not refused by name"
+            assert path in messages(err.value), f"{where}: a foreign weight file ({path}) is not refused by name"
             continue
         wf.initialize()
         net = wf.parser.get_parsed_content("network")
