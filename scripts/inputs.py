@@ -19,6 +19,7 @@ from monai.transforms import Spacingd
 
 from scripts.dicom.series import cached_nifti
 from scripts.errors import InputError
+from scripts.inference.memory import available_gb, inference_gb
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -79,6 +80,9 @@ class Geometry:
             interpolated from very few slices.
         channels: input channels of the task (MSD brain tumour: 4 MRI sequences in one 4-D file).
         modality: ``"CT"`` warns about images whose intensities do not look like Hounsfield units.
+        classes: output channels of the network; given (inference), a volume whose segmentation would need
+            more memory than ``max_memory_gb`` is refused before the compute, with the estimate.
+        max_memory_gb: the memory inference may use; None: what the system has available at the check.
     """
 
     def __init__(
@@ -90,6 +94,8 @@ class Geometry:
         coarse_factor: float = 4.0,
         channels: int = 1,
         modality: str = "CT",
+        classes: int | None = None,
+        max_memory_gb: float | None = None,
     ):
         if not 0 < min_spacing < max_spacing:
             raise ValueError(f"need 0 < min_spacing < max_spacing, got {min_spacing}, {max_spacing}")
@@ -97,6 +103,7 @@ class Geometry:
         self.min_spacing, self.max_spacing = min_spacing, max_spacing
         self.max_resampled_gb, self.coarse_factor = max_resampled_gb, coarse_factor
         self.channels, self.modality = int(channels), modality
+        self.classes, self.max_memory_gb = classes, max_memory_gb
 
     def problem(self, affine: np.ndarray, shape) -> str | None:
         """One line on why the geometry cannot be used, or None."""
@@ -119,7 +126,20 @@ class Geometry:
                     f"resampled to {self.pixdim.tolist()} mm the image alone would be {resampled.astype(int).tolist()} "
                     f"voxels, {gb:.1f} GB, above max_resampled_gb={self.max_resampled_gb:g}"
                 )
+            if self.classes:
+                return self._memory_problem(shape, spacing)
         return None
+
+    def _memory_problem(self, shape, spacing) -> str | None:
+        need = inference_gb(shape, spacing, self.pixdim, self.channels, self.classes)
+        have = self.max_memory_gb if self.max_memory_gb is not None else available_gb()
+        if have is None or need <= have:
+            return None
+        where = "max_memory_gb" if self.max_memory_gb is not None else "available memory"
+        return (
+            f"segmenting {tuple(int(v) for v in shape[:3])} voxels with {self.classes} classes needs about "
+            f"{need:.1f} GB, more than the {have:.1f} GB {where}; free memory or use a machine with more"
+        )
 
     def warning(self, affine: np.ndarray) -> str | None:
         if self.pixdim is None:
