@@ -66,8 +66,23 @@ def random_model(configs: list[str], folder: Path) -> Path:
     return folder
 
 
+def make(folder: str, slices: int, configs=None) -> None:
+    """Write the phantom CT (and, with ``configs``, random weights) under ``folder``: run as a child process,
+    because a child's peak memory counts its parent's memory at the fork (Linux keeps it across exec)."""
+    phantom_ct(Path(folder) / "images", int(slices))
+    if configs:
+        random_model(list(configs), Path(folder) / "models")
+
+
+def _make(folder: Path, slices: int, configs=None) -> tuple[Path, Path]:
+    cmd = [sys.executable, "-m", "scripts.tools.inference_memory", "make", str(folder), str(slices)]
+    subprocess.run(cmd + (["--configs", json.dumps(configs)] if configs else []), cwd=ROOT, check=True)
+    return folder / "images" / f"ct{slices}.nii.gz", folder / f"label{slices}.nii.gz"
+
+
 def measured(cmd: list[str]) -> tuple[float, float, int]:
-    """(peak resident GB, seconds, exit code) of ``cmd`` run as a child process."""
+    """(peak resident GB, seconds, exit code) of ``cmd`` run as a child process (of a parent that holds no
+    volume: see ``make``)."""
     start = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -85,10 +100,10 @@ def sweep(slices=(100, 250, 500), configs=None, out: str = "") -> list[dict]:
     configs = list(configs or ["inference.json", "small.json"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="inference_memory_") as tmp:
-        models = random_model(configs, Path(tmp) / "models")
         pixdim, classes = _config_values(configs, "pixdim", "num_classes")
         for n in [int(s) for s in slices]:
-            image, _ = phantom_ct(Path(tmp) / f"in{n}" / "images", n)
+            image, _ = _make(Path(tmp) / f"in{n}", n, configs)
+            models = Path(tmp) / f"in{n}" / "models"
             cmd = bundle_command(
                 configs, dataset_dir=image.parent, output_dir=Path(tmp) / f"out{n}", ckpt_dir=models, max_memory_gb=1e6
             )
@@ -114,7 +129,7 @@ def compare(slices: int = 240, configs=None, out: str = "") -> list[dict]:
     configs = list(configs or ["inference.json", "small.json"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="postprocessing_") as tmp:
-        image, label = phantom_ct(Path(tmp) / "images", int(slices))
+        image, label = _make(Path(tmp), int(slices))
         labels = {}
         for option in OPTIONS:
             result = Path(tmp) / f"{option.replace(' ', '_')}.npy"
@@ -218,4 +233,5 @@ def _write(rows: list[dict], out: str) -> None:
 
 
 if __name__ == "__main__":
-    fire.Fire({"sweep": sweep, "compare": compare, "postprocess": postprocess}, serialize=lambda result: None)
+    commands = {"sweep": sweep, "compare": compare, "postprocess": postprocess, "make": make}
+    fire.Fire(commands, serialize=lambda result: None)
