@@ -83,6 +83,8 @@ class Geometry:
         classes: output channels of the network; given (inference), a volume whose segmentation would need
             more memory than ``max_memory_gb`` is refused before the compute, with the estimate.
         max_memory_gb: the memory inference may use; None: what the system has available at the check.
+        network_gb: the network's own memory in this process (``scripts.inference.memory.network_gb`` on
+            the CPU, 0 on a GPU), added to the estimate.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class Geometry:
         modality: str = "CT",
         classes: int | None = None,
         max_memory_gb: float | None = None,
+        network_gb: float = 0.0,
     ):
         if not 0 < min_spacing < max_spacing:
             raise ValueError(f"need 0 < min_spacing < max_spacing, got {min_spacing}, {max_spacing}")
@@ -103,7 +106,7 @@ class Geometry:
         self.min_spacing, self.max_spacing = min_spacing, max_spacing
         self.max_resampled_gb, self.coarse_factor = max_resampled_gb, coarse_factor
         self.channels, self.modality = int(channels), modality
-        self.classes, self.max_memory_gb = classes, max_memory_gb
+        self.classes, self.max_memory_gb, self.network_gb = classes, max_memory_gb, network_gb
 
     def problem(self, affine: np.ndarray, shape) -> str | None:
         """One line on why the geometry cannot be used, or None."""
@@ -131,7 +134,7 @@ class Geometry:
         return None
 
     def _memory_problem(self, shape, spacing) -> str | None:
-        need = inference_gb(shape, spacing, self.pixdim, self.channels, self.classes)
+        need = inference_gb(shape, spacing, self.pixdim, self.channels, self.classes, self.network_gb)
         have = self.max_memory_gb if self.max_memory_gb is not None else available_gb()
         if have is None or need <= have:
             return None

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 
-# Measured peak resident memory of inference.json + small.json on 2 CPU cores (docs/speed.md, inference
-# memory): about 40 bytes per input voxel and channel (the image read as float32, then one class's scores on
-# the input's grid, its resampling grid, the running best score and the labels) on top of the libraries and
-# the network; 16 bytes per class and voxel of the network's grid (scores, their softmax, sliding-window sums).
+# Fitted above peak resident memory measured on 2 CPU cores (docs/README.md, Inference memory): about
+# 31-33 bytes per input voxel and channel (the image read as float32, then one class's scores on the input's
+# grid, their resampling grid, the running best score and the labels), 16 bytes per class and voxel of the
+# network's grid (scores, their softmax, sliding-window sums); on the CPU the network's activations, about
+# 24 bytes per voxel of a sliding-window batch and feature channel; the libraries about 0.45 GB.
 BYTES_PER_INPUT_VOXEL = 40
 BYTES_PER_CLASS_VOXEL = 16
-FIXED_GB = 0.6
+BYTES_PER_FEATURE_VOXEL = 24
+LIBRARIES_GB = 0.45
 
 
-def inference_gb(shape, spacing, pixdim, channels: int, classes: int) -> float:
-    """Estimated peak memory (GB) of segmenting a volume of ``shape`` voxels of ``spacing`` mm at ``pixdim``."""
+def network_gb(feature_size: int, roi_size, sw_batch_size: int) -> float:
+    """Activations of one sliding-window batch of the network, on the CPU (GB)."""
+    return BYTES_PER_FEATURE_VOXEL * sw_batch_size * float(np.prod(roi_size)) * feature_size / 2**30
+
+
+def inference_gb(shape, spacing, pixdim, channels: int, classes: int, network: float = 0.0) -> float:
+    """Estimated peak memory (GB) of segmenting a volume of ``shape`` voxels of ``spacing`` mm at ``pixdim``,
+    with ``network`` GB of activations in this process (``network_gb``; 0 when the network runs on a GPU)."""
     inputs = float(np.prod(shape[:3])) * channels
-    network = float(np.prod(np.ceil(np.asarray(shape[:3]) * np.asarray(spacing) / np.asarray(pixdim))))
-    return FIXED_GB + (BYTES_PER_INPUT_VOXEL * inputs + BYTES_PER_CLASS_VOXEL * classes * network) / 2**30
+    grid = float(np.prod(np.ceil(np.asarray(shape[:3]) * np.asarray(spacing) / np.asarray(pixdim))))
+    return LIBRARIES_GB + network + (BYTES_PER_INPUT_VOXEL * inputs + BYTES_PER_CLASS_VOXEL * classes * grid) / 2**30
 
 
 def available_gb() -> float | None:

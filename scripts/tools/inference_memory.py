@@ -9,8 +9,8 @@ with N slices over its 210 mm. Every figure comes from a child process of its ow
 ``ru_maxrss``, and wall time), so one run does not inherit another's memory.
 
 ``sweep``: the bundle's inference command (``configs`` plus ``small.json`` unless ``configs`` is given),
-random weights of the configs' size, one CT per slice count; also the estimate inference checks volumes
-against before the compute (``scripts.inference.memory``).
+random weights of the configs' size, on the CPU, one CT per slice count; also the estimate inference checks
+volumes against before the compute (``scripts.inference.memory``).
 
 ``compare``: the postprocessing options on one CT, with the phantom's own organs, smoothed, as the network's
 class scores on its grid: ``per class`` (the configs' ``InvertedLabelsd``: one class at a time on the
@@ -94,13 +94,16 @@ def measured(cmd: list[str]) -> tuple[float, float, int]:
 
 def sweep(slices=(100, 250, 500), configs=None, out: str = "") -> list[dict]:
     """Peak memory and time of the inference command per slice count; ``configs`` default: the CPU overlay."""
-    from scripts.inference.memory import inference_gb
+    from scripts.inference.memory import inference_gb, network_gb
     from scripts.tools.demo import bundle_command
 
     configs = list(configs or ["inference.json", "small.json"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="inference_memory_") as tmp:
-        pixdim, classes = _config_values(configs, "pixdim", "num_classes")
+        pixdim, classes, features, roi, sw_batch = _config_values(
+            configs, "pixdim", "num_classes", "feature_size", "roi_size", "sw_batch_size"
+        )
+        network = network_gb(features, roi, sw_batch)  # the sweep runs on the CPU
         for n in [int(s) for s in slices]:
             image, _ = _make(Path(tmp) / f"in{n}", n, configs)
             models = Path(tmp) / f"in{n}" / "models"
@@ -115,7 +118,7 @@ def sweep(slices=(100, 250, 500), configs=None, out: str = "") -> list[dict]:
                     "slices": n,
                     "peak_gb": round(peak, 2),
                     "seconds": round(seconds, 1),
-                    "estimate_gb": round(inference_gb(shape, spacing, pixdim, 1, classes), 2),
+                    "estimate_gb": round(inference_gb(shape, spacing, pixdim, 1, classes, network), 2),
                     "exit": code,
                 }
             )
