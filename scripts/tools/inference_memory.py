@@ -33,7 +33,7 @@ import fire
 import nibabel as nib
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+_ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = ("all at once", "per class", "argmax first")
 INPLANE = 0.742  # mm: the phantom's 380 mm field of view in 512 columns
 
@@ -58,8 +58,8 @@ def random_model(configs: list[str], folder: Path) -> Path:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(ROOT / "configs" / c) for c in configs])
-    parser.update({"bundle_root": str(ROOT), "ckpt_path": ""})
+    parser.read_config([str(_ROOT / "configs" / c) for c in configs])
+    parser.update({"bundle_root": str(_ROOT), "ckpt_path": ""})
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(parser.get_parsed_content("network_def").state_dict(), folder / "model.pt")
@@ -76,7 +76,7 @@ def make(folder: str, slices: int, configs=None) -> None:
 
 def _make(folder: Path, slices: int, configs=None) -> tuple[Path, Path]:
     cmd = [sys.executable, "-m", "scripts.tools.inference_memory", "make", str(folder), str(slices)]
-    subprocess.run(cmd + (["--configs", json.dumps(configs)] if configs else []), cwd=ROOT, check=True)
+    subprocess.run(cmd + (["--configs", json.dumps(configs)] if configs else []), cwd=_ROOT, check=True)
     return folder / "images" / f"ct{slices}.nii.gz", folder / f"label{slices}.nii.gz"
 
 
@@ -84,7 +84,7 @@ def measured(cmd: list[str]) -> tuple[float, float, int]:
     """(peak resident GB, seconds, exit code) of ``cmd`` run as a child process (of a parent that holds no
     volume: see ``make``)."""
     start = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
@@ -163,8 +163,8 @@ def postprocess(image: str, label: str, option: str, result: str, configs) -> No
 
     parser = ConfigParser()
     configs = configs if isinstance(configs, list) else json.loads(configs)  # fire parses a JSON list itself
-    parser.read_config([str(ROOT / "configs" / c) for c in configs])
-    parser["bundle_root"] = str(ROOT)
+    parser.read_config([str(_ROOT / "configs" / c) for c in configs])
+    parser["bundle_root"] = str(_ROOT)
     if option == "all at once":  # MONAI's default resampling precision, as the chain had it
         for t in parser["preprocessing"]["transforms"]:
             if isinstance(t, dict) and str(t.get("_target_", "")).endswith("Spacingd"):
@@ -222,7 +222,7 @@ def _config_values(configs: list[str], *ids):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(ROOT / "configs" / c) for c in configs])
+    parser.read_config([str(_ROOT / "configs" / c) for c in configs])
     return [parser.get_parsed_content(i) for i in ids]
 
 
