@@ -82,6 +82,12 @@ def replacing(target: str, new: str, where: tuple[str, ...]):
 TRAIN, EVAL, INFER = ("train",), ("evaluate",), ("inference",)
 ALIGN, LABELS, SAME = "image and label no longer match", "labels are no longer labels", "another image than in training"
 # (name, kind, mutation, (chain named in the message, property named in the message))
+ON_LABEL = {  # an image-only step applied to the label too
+    "label_intensity_scaled": "RandScaleIntensityd",
+    "label_intensity_shifted": "RandShiftIntensityd",
+    "label_windowed": "ScaleIntensityRanged",
+    "label_z_scored": "NormalizeIntensityd",
+}
 MUTANTS: list[tuple[str, str, Callable, tuple[str, str]]] = [
     # 1. image and label stay together
     ("flip_image_only", "together", setting("RandFlipd", TRAIN, index=0, keys="image"), ("train chain", ALIGN)),
@@ -103,30 +109,10 @@ MUTANTS: list[tuple[str, str, Callable, tuple[str, str]]] = [
         setting("PathSafeSpacingd", TRAIN, mode=["bilinear", "bilinear"]),
         ("preprocessing", LABELS),
     ),
-    (
-        "label_intensity_scaled",
-        "labels",
-        setting("RandScaleIntensityd", TRAIN, keys=["image", "label"]),
-        ("preprocessing", LABELS),
-    ),
-    (
-        "label_intensity_shifted",
-        "labels",
-        setting("RandShiftIntensityd", TRAIN, keys=["image", "label"]),
-        ("preprocessing", LABELS),
-    ),
-    (
-        "label_windowed",
-        "labels",
-        setting("ScaleIntensityRanged", TRAIN, keys=["image", "label"]),
-        ("preprocessing", LABELS),
-    ),
-    (
-        "label_z_scored",
-        "labels",
-        setting("NormalizeIntensityd", TRAIN, keys=["image", "label"]),
-        ("preprocessing", LABELS),
-    ),
+    *[
+        (name, "labels", setting(target, TRAIN, keys=["image", "label"]), ("preprocessing", LABELS))
+        for name, target in ON_LABEL.items()
+    ],
     ("window_not_clipped", "labels", setting("ScaleIntensityRanged", clip=False), ("chain", "windowed and clipped")),
     (
         "window_fixed_to_btcv",
