@@ -164,16 +164,17 @@ def postprocess(image: str, label: str, option: str, result: str, configs) -> No
     parser = ConfigParser()
     configs = configs if isinstance(configs, list) else json.loads(configs)  # fire parses a JSON list itself
     parser.read_config([str(_ROOT / "configs" / c) for c in configs])
-    parser["bundle_root"] = str(_ROOT)
+    # the label rides along the image's chain (nearest neighbour) to give the scores on the network's grid
+    parser.update(
+        {"bundle_root": str(_ROOT), "data_keys": ["image", "label"], "spatial_modes": ["bilinear", "nearest"]}
+    )
     if option == "all at once":  # MONAI's default resampling precision, as the chain had it
         for t in parser["preprocessing"]["transforms"]:
             if isinstance(t, dict) and str(t.get("_target_", "")).endswith("Spacingd"):
                 t.pop("dtype", None)
     preprocessing = parser.get_parsed_content("preprocessing")
-    data = preprocessing({"image": image})
-    # the phantom's organs on the network's grid, smoothed over about a voxel: scores with soft borders
-    grid = _on_network_grid(label, parser)
-    assert grid.shape == data["image"].shape[1:], (grid.shape, data["image"].shape)
+    data = preprocessing({"image": image, "label": label})
+    grid = data["label"][0]  # the phantom's organs, smoothed below over about a voxel: scores with soft borders
     classes = parser.get_parsed_content("num_classes")
     onehot = torch.nn.functional.one_hot(grid.long(), classes).permute(3, 0, 1, 2).float()
     scores = torch.softmax(4 * GaussianSmooth(sigma=1.0)(onehot), 0)
@@ -188,24 +189,6 @@ def postprocess(image: str, label: str, option: str, result: str, configs) -> No
         item["pred"] = MetaTensor(scores.argmax(0, keepdim=True).float())
         out = Invertd("pred", preprocessing, orig_keys="image", nearest_interp=True)(item)["pred"]
     np.save(result, np.asarray(out[0]).astype(np.uint8))
-
-
-def _on_network_grid(label: str, parser):
-    """The label map through the preprocessing's spatial steps (nearest neighbour), on the network's grid."""
-    from monai.transforms import Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
-
-    image_path = str(Path(label).parent / "images" / Path(label).name.replace("label", "ct"))
-    chain = Compose(
-        [
-            LoadImaged(["image", "label"], image_only=True),
-            EnsureChannelFirstd(["image", "label"]),
-            Orientationd(["image", "label"], axcodes="RAS"),
-            Spacingd(["image", "label"], pixdim=parser.get_parsed_content("pixdim"), mode=["bilinear", "nearest"]),
-            parser.get_parsed_content("intensity"),
-            CropForegroundd(["image", "label"], source_key="image", select_fn=parser.get_parsed_content("foreground")),
-        ]
-    )
-    return chain({"image": image_path, "label": label})["label"][0]
 
 
 def _agreement(got, reference) -> tuple:
