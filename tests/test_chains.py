@@ -62,6 +62,12 @@ def deterministic(parser, workflow: str) -> list:
     return flat(parser.get_parsed_content("preprocessing" if workflow == "inference" else "validate#preprocessing"))
 
 
+def apply_all(transforms, data, seed=0):
+    """The output of ``transforms`` on ``data`` (lists of crops item by item, as ``Compose``)."""
+    out, _ = run_steps(transforms, dict(data), seed=seed)
+    return out
+
+
 # ---------------------------------------------------------------- 1. image and label stay together
 def test_the_alignment_check_sees_an_image_flipped_without_its_label(tmp_path):
     """The property check itself: a flip of the image alone, along any axis, is reported."""
@@ -122,11 +128,6 @@ def test_evaluation_scores_against_the_label_file_itself(preset, tmp_path):
     assert tuple(out["label"].shape) == tuple(expected.shape) and torch.equal(
         torch.as_tensor(out["label"]).float(), expected.float()
     ), f"evaluate chain ({name(preset)}): the label was changed before scoring (it must stay on its own grid)"
-
-
-def apply_all(transforms, data, seed=0):
-    out, _ = run_steps(transforms, dict(data), seed=seed)
-    return out
 
 
 @EVERY
