@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import pkgutil
 import sys
 import types
 
@@ -31,24 +32,26 @@ RUN_ARGUMENTS = (
 )
 # ids MONAI's ``--tracking mlflow`` reads from the config when given (monai.bundle.run docstring)
 TRACKING_IDS = ("output_dir", "tracking_uri", "experiment_name", "run_name", "save_execute_config")
+# ids of earlier versions -> their names now (an old command line is refused, naming the new id)
+RENAMED_IDS = {"num_classes": "out_channels", "checkpoint_dir": "state_dir", "batch": "cases"}
 
 
 def adopt(names: dict) -> None:
-    """Make the ``scripts`` names of a config expression's globals usable after the bundle root joined sys.path.
+    """Make ``scripts`` usable in a config's expressions when the run started outside the bundle root.
 
-    MONAI evaluates a config's ``$import scripts...`` statements once, at the first expression, and keeps a
-    placeholder that raises "No module named 'scripts'" when run outside the bundle root: MONAI puts the bundle
-    root on ``sys.path`` only later, in ``run``. The first ``initialize`` step therefore puts ``bundle_root``
-    on ``sys.path`` and calls this, which imports the listed modules and fills the placeholder (the object
-    every later expression sees as ``scripts``) with the package's contents. No-op when the import worked.
+    MONAI evaluates ``$import scripts`` at the first expression and, when the package is not on ``sys.path``
+    (a run from another folder: MONAI adds the bundle root only later, in ``run``), keeps a placeholder that
+    raises "No module named 'scripts'". The first ``initialize`` step (``bundle_imports``) puts ``bundle_root``
+    on ``sys.path`` and calls this, which fills the placeholder (the object every later expression sees as
+    ``scripts``) with the package's modules. No-op when the import worked.
     """
     placeholder = names.get("scripts")
     if placeholder is None or isinstance(placeholder, types.ModuleType):
         return
-    for name in names:
-        if name == "scripts" or name.startswith("scripts."):
-            importlib.import_module(name)
-    vars(placeholder).update(vars(sys.modules["scripts"]))
+    package = importlib.import_module("scripts")
+    for part in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"scripts.{part.name}")
+    vars(placeholder).update(vars(package))
 
 
 def _option_names(argv: list[str]) -> list[str]:
@@ -68,7 +71,7 @@ def _option_value(argv: list[str], name: str):
     return None
 
 
-def _config_files(value: str) -> list[str]:
+def config_files(value: str) -> list[str]:
     """``--config_file`` as MONAI's command line reads it: one path, a Python list literal or comma-separated."""
     value = value.strip()
     if value.startswith("["):
@@ -83,11 +86,14 @@ def unknown_ids(argv: list[str]) -> list[str]:
     if value is None:  # e.g. everything given by --args_file: nothing to compare with
         return []
     known = set(RUN_ARGUMENTS) | set(TRACKING_IDS)
-    known |= {key.split("#", 1)[0] for key in ConfigParser.load_config_files(_config_files(value))}
+    known |= {key.split("#", 1)[0] for key in ConfigParser.load_config_files(config_files(value))}
     problems = []
     for name in _option_names(argv):
         top = name.split("#", 1)[0]
         if top in known or top.replace("-", "_") in RUN_ARGUMENTS:
+            continue
+        if top in RENAMED_IDS:
+            problems.append(f"id '{top}' is now called '{RENAMED_IDS[top]}'")
             continue
         close = difflib.get_close_matches(top, sorted(known), n=1, cutoff=0.6)
         problems.append(f"unknown id '{top}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
@@ -104,5 +110,5 @@ def check_command_line(argv: list[str] | None = None) -> None:
     problems = unknown_ids(argv)
     if problems:
         raise ConfigError(
-            "; ".join(problems) + ": not an id of the given configs (docs/README.md lists the ids of each workflow)"
+            "; ".join(problems) + ": not an id of the given configs (docs/defaults.md lists the ids of each workflow)"
         )

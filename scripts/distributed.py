@@ -54,11 +54,14 @@ def local_device() -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def setup() -> None:
-    """Join the process group ``torchrun`` describes: NCCL on CUDA, Gloo on CPU.
+def setup(enabled: bool = True) -> None:
+    """Join the process group ``torchrun`` describes: NCCL on CUDA, Gloo on CPU; nothing when not ``enabled``
+    (the base configs call it with ``distributed`` false, the ``multi_gpu_*`` overlays set it true).
 
     Ranks above 0 then log warnings and errors only, so the console shows each message once.
     """
+    if not enabled:
+        return
     device = local_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -128,3 +131,10 @@ def rank_zero_only(handlers: list) -> list:
 
     writers = (CheckpointSaver, StatsHandler, TensorBoardStatsHandler, TensorBoardImageHandler)
     return [h for h in handlers if not isinstance(h, writers)]
+
+
+def worker_count(most: int) -> int:
+    """``most`` data-loading workers, or as many as this process may use CPUs when fewer (PyTorch warns above
+    that, and MONAI Label cannot override ``num_workers``)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(most, available))

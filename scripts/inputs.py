@@ -15,7 +15,6 @@ import os
 import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
-from monai.transforms import Spacingd
 
 from scripts.dicom.series import cached_nifti
 from scripts.errors import InputError
@@ -171,7 +170,7 @@ def ct_warning(path: str, data: np.ndarray) -> str | None:
 def check_case(
     item: dict,
     keys=("image",),
-    num_classes: int | None = None,
+    label_values: int | None = None,
     warnings: list | None = None,
     geometry: Geometry | None = None,
 ) -> None:
@@ -207,12 +206,12 @@ def check_case(
             )
         if not np.allclose(img.affine, lbl.affine, atol=1e-3):
             raise InputError(f"label {item['label']}: affine differs from image {item['image']} (not on the same grid)")
-    if "label" in loaded and num_classes is not None:
+    if "label" in loaded and label_values is not None:
         values = np.unique(loaded["label"][1])
-        bad = values[(values < 0) | (values >= num_classes) | (values != np.round(values))]
+        bad = values[(values < 0) | (values >= label_values) | (values != np.round(values))]
         if bad.size:
             raise InputError(
-                f"label {item['label']}: values {bad[:10].tolist()} outside the task's classes 0..{num_classes - 1}"
+                f"label {item['label']}: values {bad[:10].tolist()} outside the task's classes 0..{label_values - 1}"
             )
 
 
@@ -292,7 +291,7 @@ def checked_datalist(
     key: str,
     base_dir: str,
     keys=("image", "label"),
-    num_classes=None,
+    label_values=None,
     geometry: Geometry | None = None,
     split=None,
 ) -> list:
@@ -308,7 +307,7 @@ def checked_datalist(
     for item in items:
         if os.path.isdir(item.get("image", "")):  # a DICOM series folder: its NIfTI conversion is read
             item["image"] = cached_nifti(item["image"])
-        check_case(item, keys, num_classes, geometry=geometry)
+        check_case(item, keys, label_values, geometry=geometry)
     return items
 
 
@@ -317,29 +316,3 @@ def require_file(path: str, what: str) -> str:
     if not os.path.isfile(path):
         raise InputError(f"{what} {path}: file not found")
     return path
-
-
-class PathSafeSpacingd(Spacingd):
-    """``Spacingd`` that leaves non-dict companions of its keys alone.
-
-    Since MONAI 1.6 ``Spacingd`` updates, as metadata, every item whose key starts with ``<key>_``; MONAI Label
-    puts the input file name, a string, at ``image_path``, which then fails with "'str' object has no attribute
-    'update'". Such items are set aside during the call and put back unchanged; dict companions
-    (``image_meta_dict``) are updated as before.
-    """
-
-    def __call__(self, data, lazy: bool | None = None):
-        prefixes = tuple(f"{key}_" for key in self.keys)
-        aside = {
-            k: v for k, v in data.items() if isinstance(k, str) and k.startswith(prefixes) and not isinstance(v, dict)
-        }
-        d = super().__call__({k: v for k, v in data.items() if k not in aside}, lazy=lazy)
-        d.update(aside)
-        return d
-
-
-def worker_count(most: int) -> int:
-    """``most`` data-loading workers, or as many as this process may use CPUs when fewer (PyTorch warns above
-    that, and MONAI Label cannot override ``num_workers``)."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(most, available))

@@ -27,7 +27,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose, RandomizableTransform, apply_transform
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs" / "README.md"
+DOCS = ROOT / "docs" / "tasks.md"
 WORKFLOWS = {  # chain name -> configs, the preset merged last
     "train": ("train.json",),
     "evaluate": ("train.json", "evaluate.json"),

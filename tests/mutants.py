@@ -36,7 +36,7 @@ PROXY, VIEWS, LOSS, NET = (
     "scripts/pretraining/proxy_tasks.py",
     "scripts/pretraining/views.py",
     "scripts/pretraining/loss.py",
-    "scripts/pretraining/network.py",
+    "scripts/network/pretraining.py",
 )
 DATA_TESTS = ["tests/test_method_spec.py", "tests/test_ssl_parts.py", "tests/test_ssl_steps.py"]
 NETWORK_TESTS = ["tests/test_method_spec.py", "tests/test_ssl_parts.py"]

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.batch_inference import BatchInferenceError, InferenceBatch, output_path
 from scripts.errors import InputError
+from scripts.inference.batch import BatchInferenceError, InferenceBatch, output_path
 
 
 def write(path, array=None):

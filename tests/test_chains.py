@@ -41,7 +41,7 @@ from chains import (
 from monai.bundle import ConfigParser, ConfigWorkflow
 from test_method_table import table_rows
 
-from scripts.tasks.regions import LabelToRegionsd
+from scripts.transforms import LabelToRegionsd
 
 BTCV_TABLE = "**Fine-tuning on BTCV**"
 EVERY = pytest.mark.parametrize("preset", PRESETS, ids=name)

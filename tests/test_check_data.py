@@ -61,7 +61,7 @@ def test_every_planted_problem_is_reported_with_counts(tmp_path):
         for name in ["good.nii.gz", *planted, "normalised.nii.gz"]
     ]
     (tmp_path / "list.json").write_text(json.dumps({"training": entries[:5], "validation": entries[5:]}))
-    proc = run_check("--datalist", str(tmp_path / "list.json"), "--num_classes", "14")
+    proc = run_check("--datalist", str(tmp_path / "list.json"), "--label_values", "14")
     assert proc.returncode == 1
     errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
     assert len(errors) == len(planted)
@@ -73,7 +73,7 @@ def test_every_planted_problem_is_reported_with_counts(tmp_path):
 
 
 def test_a_clean_dataset_reports_nothing(phantoms):
-    proc = run_check("--datalist", str(phantoms / "dataset.json"), "--num_classes", "14")
+    proc = run_check("--datalist", str(phantoms / "dataset.json"), "--label_values", "14")
     assert proc.returncode == 0, proc.stdout
     assert "ERROR" not in proc.stdout and "WARNING" not in proc.stdout
     assert "checked 6 cases: 0 with errors, 0 warnings" in proc.stdout

@@ -53,7 +53,7 @@ def run_elsewhere(cwd, *args) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_from_another_folder_a_typo_stops_the_command_before_any_work_with_one_line(tmp_path):
     """Run where 'scripts' cannot be imported: the check itself lives in scripts.cli, so its message also shows
-    that --bundle_root made the bundle's modules importable (docs/README.md, Commands)."""
+    that --bundle_root made the bundle's modules importable (docs/architecture.md)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     config = configs("inference.json")[0]

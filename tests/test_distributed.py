@@ -254,7 +254,7 @@ def test_the_slurm_script_runs_one_torchrun_per_node_meeting_on_the_first_node(t
         "SLURM_SUBMIT_DIR": str(tmp_path),
     }
     subprocess.run(
-        ["bash", str(ROOT / "scripts" / "slurm_pretrain.sh"), "--train_sources", "['/data/a.json']"],
+        ["bash", str(ROOT / "bin" / "slurm_pretrain.sh"), "--train_sources", "['/data/a.json']"],
         env=env,
         check=True,
     )

@@ -5,7 +5,7 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from torch import nn
 
-from scripts.weights.finetuning import FreezeEncoder, parameter_groups
+from scripts.training.finetuning import FreezeEncoder, parameter_groups
 
 from conftest import ROOT, configs
 

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.tools.phantoms import BTCV_LABELS
+from scripts.tasks.labels import BTCV_LABELS
 
 from conftest import REAL_CT, bundle_run, requires_real_ct
 

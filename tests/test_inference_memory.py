@@ -9,9 +9,9 @@ from chains import label_table, name, parse, write_case
 from monai.data import MetaTensor
 from monai.transforms import AsDiscreted, Invertd
 
-from scripts.batch_inference import BatchInferenceError
-from scripts.inference.labels import InvertedLabelsd
+from scripts.inference.batch import BatchInferenceError
 from scripts.inference.memory import inference_gb
+from scripts.transforms import InvertedLabelsd
 
 
 @pytest.mark.parametrize("preset", [None, "task01_brain_tumour", "task05_prostate"], ids=name)
@@ -61,7 +61,7 @@ def test_a_volume_that_would_not_fit_the_stated_memory_is_refused_in_one_line_be
         max_memory_gb=need / 2,
     )
     with pytest.raises(Exception) as err:
-        parser.get_parsed_content("batch")  # the image list is checked when the workflow starts
+        parser.get_parsed_content("cases")  # the image list is checked when the workflow starts
     error = err.value.__cause__ or err.value
     assert isinstance(error, BatchInferenceError), error
     line = [line for line in str(error).splitlines() if "case.nii.gz" in line]
@@ -69,7 +69,7 @@ def test_a_volume_that_would_not_fit_the_stated_memory_is_refused_in_one_line_be
     assert not (tmp_path / "out" / "case_seg.nii.gz").exists()
     fits = parse("inference", None, dataset_dir=str(tmp_path / "data" / "imagesTr"), max_memory_gb=need * 2)
     fits["output_dir"] = str(tmp_path / "out2")
-    assert len(fits.get_parsed_content("batch").items) == 1
+    assert len(fits.get_parsed_content("cases").items) == 1
 
 
 def test_the_memory_estimate_grows_with_the_input_and_with_classes_only_on_the_network_grid():

@@ -19,7 +19,7 @@ def test_label_values_outside_the_task_classes_are_rejected(tmp_path):
     image = write(tmp_path / "img.nii.gz", np.zeros((8, 8, 8), np.int16))
     label = write(tmp_path / "lbl.nii.gz", np.full((8, 8, 8), 17, np.uint8))
     with pytest.raises(InputError, match=r"lbl.nii.gz: values \[17\] outside the task's classes 0..13"):
-        check_case({"image": image, "label": label}, ("image", "label"), num_classes=14)
+        check_case({"image": image, "label": label}, ("image", "label"), label_values=14)
 
 
 def test_label_on_another_grid_is_rejected(tmp_path):

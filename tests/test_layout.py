@@ -72,7 +72,9 @@ def test_scripts_has_no_import_circle():
 
 def test_scripts_is_organised_by_role():
     top = sorted(p.name for p in SCRIPTS.iterdir() if p.suffix == ".py" or p.is_dir() and p.name != "__pycache__")
-    assert {"pretraining", "weights", "training", "tools", "errors.py"} <= set(top)
+    assert {"pretraining", "weights", "training", "tools", "network", "tasks", "errors.py", "transforms.py"} <= set(top)
+    # shell entry points live in bin/, outside the Python package
+    assert not list(SCRIPTS.rglob("*.sh")) and (ROOT / "bin" / "test.sh").is_file()
     # no package may take a standard-library name (scripts/ssl once shadowed ssl for anything run from scripts/)
     assert not set(top) & (sys.stdlib_module_names | {f"{name}.py" for name in sys.stdlib_module_names}), top
     assert len([p for p in top if p.endswith(".py")]) <= 10, top
@@ -172,7 +174,7 @@ def test_inference_runs_exactly_the_fine_tuning_chain():
         train, "train#deterministic_transforms"
     )
     task_ids = ("in_channels", "modality", "multi_label", "label_regions", "intensity", "foreground")
-    for key in ("pixdim", "a_min", "a_max", "roi_size", "feature_size", "num_classes", *task_ids):
+    for key in ("pixdim", "a_min", "a_max", "roi_size", "feature_size", "out_channels", *task_ids):
         assert inference[key] == train[key], key
 
 
@@ -183,7 +185,7 @@ def test_pre_training_reads_volumes_as_fine_tuning_does_up_to_the_intensity_wind
     train = [config[t[1:]] if isinstance(t, str) else t for t in train if "LabelToRegionsd" not in str(t)]
     pretrain = transform_chain(json.loads((CONFIGS / "pretrain.json").read_text()), "deterministic_transforms")
     targets = [t["_target_"] for t in train[:5]]
-    spacing = "scripts.inputs.PathSafeSpacingd"  # Spacingd that leaves MONAI Label's image_path string alone
+    spacing = "scripts.transforms.PathSafeSpacingd"  # Spacingd that leaves MONAI Label's image_path string alone
     assert targets == ["LoadImaged", "EnsureChannelFirstd", "Orientationd", spacing, "ScaleIntensityRanged"]
     assert [t["_target_"] for t in pretrain[:5]] == targets
     for ours, theirs in zip(pretrain[:5], train[:5]):
@@ -192,14 +194,68 @@ def test_pre_training_reads_volumes_as_fine_tuning_does_up_to_the_intensity_wind
 
 
 def test_repeated_expressions_are_named_once():
-    """Checkpoint state, weight loading and the error hook are ids that the workflows and overlays reference."""
+    """Checkpoint state, weight loading, the error hook and the datalist reader are ids the workflows reference."""
     for path in config_files():
         text = path.read_text()
-        for call in ("full_state(", "load_pretrained(", "install_error_hook(", "checked_datalist("):
-            assert text.count(call) <= 1, f"{path.name} spells out {call}...) {text.count(call)} times"
-    for name in ("multi_gpu_train.json", "multi_gpu_pretrain.json", "multi_gpu_evaluate.json"):
-        overlay = json.loads((CONFIGS / name).read_text())
-        assert {"@error_hook", "@load_pretrained"} <= set(overlay["initialize"]), name
+        for call in (".full_state", ".load_pretrained", ".install_error_hook", ".checked_datalist", ".usable_images"):
+            assert text.count(call) <= 1, f"{path.name} spells out {call} {text.count(call)} times"
+        assert '["image", "label"]' not in text.replace('"data_keys": ["image", "label"]', ""), (
+            f"{path.name}: the image and label keys are @data_keys"
+        )
+
+
+LIFECYCLE = ("initialize", "run", "finalize")
+OVERLAYS = {  # overlay -> the configs it is merged onto
+    "multi_gpu_train.json": ("train.json",),
+    "multi_gpu_pretrain.json": ("pretrain.json",),
+    "multi_gpu_evaluate.json": ("train.json", "evaluate.json"),
+    "evaluate.json": ("train.json",),
+    "small.json": ("train.json",),
+    "small_pretrain.json": ("pretrain.json",),
+}
+
+
+def test_every_config_is_a_workflow_or_an_overlay_named_here():
+    workflows = {"train.json", "pretrain.json", "inference.json", "metadata.json"}
+    assert {p.name for p in CONFIGS.glob("*.json")} == workflows | set(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_overlays_set_ids_and_flags_and_restate_no_lifecycle_list(overlay):
+    """The base workflows own initialize / run / finalize, with the rank tests and a distributed setup that is a
+    no-op unless the multi-GPU overlay sets ``distributed``; an overlay that copied a list would drift from it.
+    Only evaluation, a workflow of its own, replaces ``run``."""
+    config = json.loads((CONFIGS / overlay).read_text())
+    allowed = {"run"} if overlay == "evaluate.json" else set()
+    restated = {key for key in config if key.split("#")[0] in LIFECYCLE} - allowed
+    assert not restated, f"{overlay} restates {sorted(restated)} of {OVERLAYS[overlay]}"
+    if overlay.startswith("multi_gpu"):
+        assert config["distributed"] is True
+
+
+@pytest.mark.parametrize("base", ["train.json", "pretrain.json"])
+def test_base_workflows_run_the_distributed_steps_as_no_ops_by_default(base):
+    config = json.loads((CONFIGS / base).read_text())
+    assert config["distributed"] is False and "$scripts.distributed.setup(@distributed)" in config["initialize"]
+    assert config["initialize"][:3] == ["@bundle_imports", "@error_hook", "@check_ids"]
+    assert "$scripts.distributed.cleanup()" in config["finalize"] and "@rank" in json.dumps(config["run"])
+
+
+def test_the_self_check_of_the_overlay_rule_reports_a_copied_list(tmp_path, monkeypatch):
+    copied = json.loads((CONFIGS / "multi_gpu_train.json").read_text())
+    copied["initialize"] = json.loads((CONFIGS / "train.json").read_text())["initialize"]
+    (tmp_path / "multi_gpu_train.json").write_text(json.dumps(copied))
+    monkeypatch.setattr(sys.modules[__name__], "CONFIGS", tmp_path)
+    with pytest.raises(AssertionError, match="restates"):
+        test_overlays_set_ids_and_flags_and_restate_no_lifecycle_list("multi_gpu_train.json")
+
+
+def test_configs_import_only_the_package():
+    """``$import scripts`` reaches every module by its full path (scripts.submodule_loader)."""
+    for name in ("train.json", "pretrain.json", "inference.json"):
+        imports = json.loads((CONFIGS / name).read_text())["imports"]
+        assert [i for i in imports if i.startswith("$import scripts")] == ["$import scripts"], name
+        assert len(imports) <= 3, imports
 
 
 def test_the_demo_runs_its_workflows_from_the_bundle_root():

@@ -1,4 +1,4 @@
-"""The pre-training method as stated (reference code and docs/README.md "Method and defaults"), checked
+"""The pre-training method as stated (reference code and docs/defaults.md), checked
 from its statement rather than from the implementation: each test fails for a plausible mistake
 (zeros instead of noise, the unrotated crop masked, another plane, another token, a wrong formula)."""
 
@@ -11,8 +11,8 @@ from monai.utils import set_determinism
 from torch import nn
 
 from scripts.errors import ConfigError
+from scripts.network.pretraining import SSLHead
 from scripts.pretraining.loss import SSLLoss, nt_xent
-from scripts.pretraining.network import SSLHead
 from scripts.pretraining.proxy_tasks import check_rotation_plane, mask, rotate
 from scripts.pretraining.views import make_views
 

@@ -1,4 +1,4 @@
-"""docs/README.md "Method and defaults" states every default with its source: the table and the configs agree."""
+"""docs/defaults.md states every default with its source: the table and the configs agree."""
 
 import json
 
@@ -7,7 +7,7 @@ from monai.bundle import ConfigParser
 
 from conftest import ROOT, configs
 
-DOCS = ROOT / "docs" / "README.md"
+DOCS = ROOT / "docs" / "defaults.md"
 TABLES = {  # table heading in the docs -> the configs whose defaults it states (overlay last)
     "**Pre-training**": ("pretrain.json", "multi_gpu_pretrain.json"),
     "**Fine-tuning on BTCV**": ("train.json",),

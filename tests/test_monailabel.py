@@ -2,7 +2,7 @@
 the calls its ``monailabel/tasks/infer/bundle.py`` and ``monailabel/tasks/train/bundle.py`` make, with its overrides:
 ``device`` as a string, ``train#trainer#max_epochs`` as the only length, its own datalists, a ``CheckpointLoader``
 with ``strict=False`` for ``models/model.pt``, the bundle's writer dropped and ``data["image_path"]`` a string.
-The real server is checked by ``../shared/tools/monailabel/run_check.sh`` (docs/README.md, MONAI Label).
+The real server is checked by ``../shared/tools/monailabel/run_check.sh`` (docs/monailabel.md).
 """
 
 from __future__ import annotations

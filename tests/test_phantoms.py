@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.tools.phantoms import BTCV_LABELS, generate_phantom, write_phantoms
+from scripts.tasks.labels import BTCV_LABELS
+from scripts.tools.phantoms import generate_phantom, write_phantoms
 
 
 @pytest.fixture(scope="module")

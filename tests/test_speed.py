@@ -170,7 +170,7 @@ def test_amp_dtype_reaches_the_pre_training_step():
 
 
 def test_benchmark_refuses_sizes_the_network_cannot_take():
-    from scripts.benchmark import run
+    from scripts.tools.benchmark import run
 
     with pytest.raises(ConfigError, match="roi must be one int or three ints, each a multiple of 32"):
         run(roi=50, out=None)
@@ -182,7 +182,7 @@ def test_gpu_check_fails_without_a_gpu_and_says_so(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the check would run for real")
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--out_dir", str(tmp_path)],
+        ["bash", str(ROOT / "bin" / "gpu_check.sh"), "--out_dir", str(tmp_path)],
         env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -197,7 +197,7 @@ def test_gpu_check_fails_without_a_gpu_and_says_so(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_dry_run_runs_every_step_cpu_sized(tmp_path):
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--out_dir", str(tmp_path)],
+        ["bash", str(ROOT / "bin" / "gpu_check.sh"), "--dry-run", "--out_dir", str(tmp_path)],
         env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
         capture_output=True,
         text=True,
@@ -218,7 +218,7 @@ def test_gpu_check_dry_run_runs_every_step_cpu_sized(tmp_path):
 @pytest.mark.parametrize("workflow", ["train.json", "inference.json", "pretrain.json"])
 def test_the_default_kernel_is_sdpa_on_cuda_and_monai_on_cpu(workflow):
     # measured: on CUDA the fused kernel saves a quarter of the memory; on CPU it falls back to the math kernel,
-    # 4-13% slower than MONAI's matrix path in training (docs/README.md, Speed)
+    # 4-13% slower than MONAI's matrix path in training (docs/speed.md)
     from monai.bundle import ConfigParser
 
     for device, expected in (("cuda:0", "sdpa"), ("cpu", "monai"), ("$torch.device('cuda', 1)", "sdpa")):

@@ -6,8 +6,8 @@ from monai.losses import ContrastiveLoss
 from monai.networks.nets import SwinUNETR
 from monai.utils import set_determinism
 
+from scripts.network.pretraining import SSLHead
 from scripts.pretraining.loss import SSLLoss
-from scripts.pretraining.network import SSLHead
 from scripts.pretraining.proxy_tasks import mask, rotate
 
 pytestmark = pytest.mark.usefixtures("seeded")

@@ -13,9 +13,9 @@ from monai.data import MetaTensor
 from scripts.errors import InputError
 from scripts.inputs import Geometry, check_case, checked_datalist
 from scripts.tasks.presets import preset_names, task_metadata, write_task_bundle_configs
-from scripts.tasks.regions import LabelToRegionsd
 from scripts.tasks.splits import Split, write_splits
 from scripts.tools.task_phantoms import generate_case, write_task_phantoms
+from scripts.transforms import LabelToRegionsd
 
 from conftest import ROOT, SHARED, configs
 
@@ -77,7 +77,7 @@ def test_every_preset_builds_its_network_and_passes_the_workflow_property_checks
     torch.save(net.state_dict(), tmp_path / "model.pt")
     train.finalize()
     assert net.swinViT.patch_embed.proj.in_channels == len(channels) == train.parser.get("in_channels")
-    assert net.out.conv.conv.out_channels == train.parser.get("num_classes") == len(train.parser.get("class_names"))
+    assert net.out.conv.conv.out_channels == train.parser.get("out_channels") == len(train.parser.get("class_names"))
     assert train.parser.get("channel_names") == channels and all(s % 32 == 0 for s in train.parser.get("roi_size"))
     if classes:
         assert train.parser.get("class_names") == classes
@@ -90,7 +90,7 @@ def test_every_preset_builds_its_network_and_passes_the_workflow_property_checks
     )
     infer.initialize()  # loads model.pt: the inference network has the fine-tuning network's shapes
     assert infer.check_properties() == [], task
-    for key in ("in_channels", "num_classes", "pixdim", "roi_size", "intensity", "multi_label", "label_regions"):
+    for key in ("in_channels", "out_channels", "pixdim", "roi_size", "intensity", "multi_label", "label_regions"):
         assert infer.parser.get(key) == train.parser.get(key), key
 
 
@@ -159,7 +159,7 @@ def test_check_data_takes_the_tasks_channels_and_modality(tmp_path, capsys):
     from scripts.tools.check_data import check
 
     write_task_phantoms(str(tmp_path), "prostate", num_train=1, num_val=0, num_test=0)
-    args = {"datalist": str(tmp_path / "dataset.json"), "num_classes": 3, "labels": True}
+    args = {"datalist": str(tmp_path / "dataset.json"), "label_values": 3, "labels": True}
     assert check(**args, channels=2, modality="MRI") == 0
     assert check(**args) == 1 and "(2 volumes or channels), expected a single 3-D volume" in capsys.readouterr().out
 
@@ -198,8 +198,8 @@ def test_workflows_read_a_fold_of_the_msd_training_list(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps(data))
     split, geometry = Split(1, 2, seed=0), Geometry()
     args = (str(tmp_path / "dataset.json"),)
-    train = checked_datalist(*args, "training", str(tmp_path), num_classes=2, geometry=geometry, split=split)
-    val = checked_datalist(*args, "validation", str(tmp_path), num_classes=2, geometry=geometry, split=split)
+    train = checked_datalist(*args, "training", str(tmp_path), label_values=2, geometry=geometry, split=split)
+    val = checked_datalist(*args, "validation", str(tmp_path), label_values=2, geometry=geometry, split=split)
     assert len(train) == len(val) == 2 and not {t["image"] for t in train} & {v["image"] for v in val}
     parser = parsed("task09_spleen", "train.json", fold=1, num_folds=2, dataset_dir=str(tmp_path))
     assert [v["image"] for v in parser.get_parsed_content("validate#data")] == [v["image"] for v in val]
@@ -213,7 +213,7 @@ def test_each_task_has_metadata_naming_its_channels_and_classes_for_monai_label(
     assert image["channel_def"] == {str(i): n for i, n in enumerate(preset["channel_names"])}
     assert image["num_channels"] == preset["in_channels"] and image["modality"] == preset["modality"]
     assert pred["channel_def"] == {str(i): n for i, n in enumerate(preset["class_names"])}
-    assert pred["num_channels"] == preset["num_classes"]
+    assert pred["num_channels"] == preset["out_channels"]
     if (SHARED / "schema").is_dir():
         (tmp_path / "meta.json").write_text(json.dumps(meta))
         verify_metadata(

@@ -8,7 +8,7 @@ import torch
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import PatchMerging, PatchMergingV2
 
-from scripts.pretraining.network import SSLHead
+from scripts.network.pretraining import SSLHead
 from scripts.weights.conversion import to_bundle, to_research
 from scripts.weights.formats import read_checkpoint
 from scripts.weights.legacy_merging import LegacyPatchMerging

@@ -6,9 +6,6 @@ with highdicom, one binary segment per class found in the map, named by the bund
 
 from __future__ import annotations
 
-import json
-import os
-
 import highdicom as hd
 import nibabel as nib
 import numpy as np
@@ -18,11 +15,7 @@ from pydicom.sr.codedict import codes
 from scripts.atomic_files import atomic_path
 from scripts.dicom.series import Series
 from scripts.errors import InputError
-
-METADATA = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "metadata.json"
-)
-
+from scripts.tasks.labels import metadata_class_names
 
 PATIENT_STUDY_KEYWORDS = (
     "PatientName",
@@ -37,16 +30,6 @@ PATIENT_STUDY_KEYWORDS = (
 )
 
 
-def class_names(metadata: str = METADATA) -> dict:
-    """``{label value: name}`` from the bundle metadata's output ``channel_def`` (empty when not found)."""
-    try:
-        with open(metadata) as f:
-            channels = json.load(f)["network_data_format"]["outputs"]["pred"]["channel_def"]
-        return {int(k): str(v) for k, v in channels.items()}
-    except (OSError, KeyError, ValueError, TypeError):
-        return {}
-
-
 def write_dicom_seg(labels_path: str, series: Series, path: str, names: dict | None = None) -> int:
     """Write the label map ``labels_path`` (a NIfTI on the grid of the converted ``series``) as a DICOM SEG at
     ``path`` (atomically); returns the number of segments. Label 0 is background."""
@@ -59,7 +42,7 @@ def write_dicom_seg(labels_path: str, series: Series, path: str, names: dict | N
     values = [int(v) for v in np.unique(frames) if v > 0]
     if not values:
         raise InputError(f"segmentation {labels_path}: no labelled voxel, no DICOM SEG written")
-    names = class_names() if names is None else names
+    names = metadata_class_names() if names is None else names
     algorithm = hd.AlgorithmIdentificationSequence(
         name="Swin UNETR", version="1", family=codes.cid7162.ArtificialIntelligence
     )

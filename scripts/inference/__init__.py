@@ -1,1 +1,5 @@
-"""Inference's own steps: the label map on the input's grid at the memory of one class."""
+"""Inference's own parts: a batch of input files (NIfTI, DICOM) and the memory estimate."""
+
+from scripts import submodule_loader
+
+__getattr__ = submodule_loader(__name__)

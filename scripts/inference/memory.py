@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# Fitted above peak resident memory measured on 2 CPU cores (docs/README.md, Inference memory): about
+# Fitted above peak resident memory measured on 2 CPU cores (docs/measurements.md): about
 # 31-33 bytes per input voxel and channel (the image read as float32, then one class's scores on the input's
 # grid, their resampling grid, the running best score and the labels), 16 bytes per class and voxel of the
 # network's grid (scores, their softmax, sliding-window sums); on the CPU the network's activations, about

@@ -1,1 +1,5 @@
-"""The Swin networks as the workflows run them: attention kernel, compilation, device."""
+"""The Swin networks as the workflows run them: attention kernel, compilation, the pre-training heads."""
+
+from scripts import submodule_loader
+
+__getattr__ = submodule_loader(__name__)

@@ -139,6 +139,11 @@ class CropAverage(Average):
         return float(super().compute()[0])
 
 
+def crop_averages(keys: list[str]) -> dict:
+    """``{"val_<key>": CropAverage(key)}`` for each score ``key`` of the ``SSLEvalStep`` output."""
+    return {f"val_{key}": CropAverage(key) for key in keys}
+
+
 def key_metric_first(metrics: dict, key: str) -> dict:
     """``metrics`` reordered with ``key`` first: MONAI's evaluators take the first entry of
     ``key_val_metric`` as the one that selects the best model."""

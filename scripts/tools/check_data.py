@@ -1,9 +1,9 @@
 """Check a dataset in one pass before training: every problem of every file, with counts.
 
-    python -m scripts.tools.check_data --datalist data/btcv/dataset_0.json --dataset_dir data/btcv --num_classes 14 \
+    python -m scripts.tools.check_data --datalist data/btcv/dataset_0.json --dataset_dir data/btcv --label_values 14 \
         --labels
     python -m scripts.tools.check_data --folder /data/new_scans
-    python -m scripts.tools.check_data --datalist /data/Task01_BrainTumour/dataset.json --num_classes 4 --labels \
+    python -m scripts.tools.check_data --datalist /data/Task01_BrainTumour/dataset.json --label_values 4 --labels \
         --channels 4 --modality MRI
 
 First checks the datalist itself with the workflows' rules (valid JSON; every entry an object with an
@@ -53,7 +53,7 @@ def check(
     datalist: str = "",
     dataset_dir: str = "",
     folder: str = "",
-    num_classes: int | None = None,
+    label_values: int | None = None,
     labels: bool = False,
     channels: int = 1,
     modality: str = "CT",
@@ -75,7 +75,7 @@ def check(
     for name, item in cases:
         try:
             keys = tuple(k for k in ("image", "label") if k in item)
-            check_case(item, keys, num_classes, warnings, Geometry(channels=channels, modality=modality))
+            check_case(item, keys, label_values, warnings, Geometry(channels=channels, modality=modality))
         except InputError as e:
             errors.append(f"{name}: {e}")
     for line in errors:

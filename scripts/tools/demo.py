@@ -1,4 +1,4 @@
-"""End-to-end demo on the embedded phantoms: generate, pre-train, fine-tune, evaluate, infer, report.
+"""End-to-end demo on generated CT phantoms: generate, pre-train, fine-tune, evaluate, infer, report.
 
 Runs the bundle's own configs with ``configs/small_pretrain.json`` and ``configs/small.json``
 (CPU-sized Swin UNETR), exactly as a user would from the command line. Pre-training uses the
@@ -26,7 +26,8 @@ import fire
 import nibabel as nib
 import numpy as np
 
-from scripts.tools.phantoms import BTCV_LABELS, write_phantoms
+from scripts.tasks.labels import BTCV_LABELS
+from scripts.tools.phantoms import write_phantoms
 
 ROOT = str(Path(__file__).resolve().parents[2])  # scripts/tools/demo.py -> the bundle root
 ORGANS = [BTCV_LABELS[i] for i in range(1, 14)]

@@ -84,7 +84,7 @@ def gpu_check(
     seed: int = 0,
 ) -> int:
     """Run the check; returns (and exits with) 0 when every step passed, 1 otherwise."""
-    from scripts import benchmark
+    from scripts.tools import benchmark
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ def sweep(slices=(100, 250, 500), configs=None, out: str = "") -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="inference_memory_") as tmp:
         pixdim, classes, features, roi, sw_batch = _config_values(
-            configs, "pixdim", "num_classes", "feature_size", "roi_size", "sw_batch_size"
+            configs, "pixdim", "out_channels", "feature_size", "roi_size", "sw_batch_size"
         )
         network = network_gb(features, roi, sw_batch)  # the sweep runs on the CPU
         for n in [int(s) for s in slices]:
@@ -159,7 +159,7 @@ def postprocess(image: str, label: str, option: str, result: str, configs) -> No
     from monai.data import MetaTensor
     from monai.transforms import AsDiscreted, GaussianSmooth, Invertd
 
-    from scripts.inference.labels import InvertedLabelsd
+    from scripts.transforms import InvertedLabelsd
 
     parser = ConfigParser()
     configs = configs if isinstance(configs, list) else json.loads(configs)  # fire parses a JSON list itself
@@ -175,7 +175,7 @@ def postprocess(image: str, label: str, option: str, result: str, configs) -> No
     preprocessing = parser.get_parsed_content("preprocessing")
     data = preprocessing({"image": image, "label": label})
     grid = data["label"][0]  # the phantom's organs, smoothed below over about a voxel: scores with soft borders
-    classes = parser.get_parsed_content("num_classes")
+    classes = parser.get_parsed_content("out_channels")
     onehot = torch.nn.functional.one_hot(grid.long(), classes).permute(3, 0, 1, 2).float()
     scores = torch.softmax(4 * GaussianSmooth(sigma=1.0)(onehot), 0)
     scores = MetaTensor(scores)

@@ -81,12 +81,12 @@ def _check_network(path: str, state: dict, network) -> None:
         )
         raise ResumeError(
             f"{path}: written by another network ({len(other)} tensors of another shape, {len(missing)} missing; "
-            f"e.g. {example}): resume with that run's settings (feature_size, num_classes, ...) or use another "
+            f"e.g. {example}): resume with that run's settings (feature_size, out_channels, ...) or use another "
             f"output_dir"
         )
 
 
-def resume_path(checkpoint_dir: str, resume=False, network=None) -> str | None:
+def resume_path(state_dir: str, resume=False, network=None) -> str | None:
     """The full-state checkpoint to continue from, or None to start from scratch.
 
     ``resume``: ``false`` starts from scratch; ``true`` continues from the ``checkpoint*.pt`` with the most
@@ -103,11 +103,11 @@ def resume_path(checkpoint_dir: str, resume=False, network=None) -> str | None:
     if resume is False:
         return None
     found = []
-    for path in sorted(glob.glob(os.path.join(checkpoint_dir, "checkpoint*.pt"))):
+    for path in sorted(glob.glob(os.path.join(state_dir, "checkpoint*.pt"))):
         try:
             state = read_checkpoint(path, mmap=True)
         except PickledWeightsError as e:
-            raise ResumeError(f"{e} Move it out of {checkpoint_dir} to resume from the others.") from None
+            raise ResumeError(f"{e} Move it out of {state_dir} to resume from the others.") from None
         except WeightsError as e:  # truncated or damaged: the one before it is complete
             logger.warning(f"{e}; resuming from another checkpoint")
             continue
@@ -116,10 +116,10 @@ def resume_path(checkpoint_dir: str, resume=False, network=None) -> str | None:
             found.append((progress, path, state))
     if not found:
         if resume == "auto":
-            logger.info(f"no checkpoint to resume in {checkpoint_dir}: starting from scratch")
+            logger.info(f"no checkpoint to resume in {state_dir}: starting from scratch")
             return None
         raise ResumeError(
-            f"--resume true but no complete checkpoint*.pt in {checkpoint_dir}: start without --resume, "
+            f"--resume true but no complete checkpoint*.pt in {state_dir}: start without --resume, "
             f"or with --resume auto (continues when there is a checkpoint, starts from scratch otherwise)"
         )
     progress, path, state = max(found, key=lambda item: item[0])

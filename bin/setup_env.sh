@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install the pinned requirements; a no-op when they are already installed.
-# Sourced by scripts/demo.sh and scripts/test.sh so each README command works on a fresh machine.
+# Sourced by bin/demo.sh and bin/test.sh so each README command works on a fresh machine.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"

@@ -1,11 +1,69 @@
-"""Class scores on the network's grid -> a label map on the input's grid, one class at a time."""
+"""The bundle's own MONAI transforms, used by the configs' transform chains.
+
+- ``PathSafeSpacingd``: ``Spacingd`` that MONAI Label's string companions of the image do not break.
+- ``LabelToRegionsd``: a label map as overlapping binary regions (brain tumour core, whole, enhancing).
+- ``InvertedLabelsd``: class scores on the network's grid -> labels on the input's grid, one class at a time.
+"""
 
 from __future__ import annotations
 
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Invertd, MapTransform
+from monai.transforms import Invertd, MapTransform, Spacingd
+
+
+class PathSafeSpacingd(Spacingd):
+    """``Spacingd`` that leaves non-dict companions of its keys alone.
+
+    Since MONAI 1.6 ``Spacingd`` updates, as metadata, every item whose key starts with ``<key>_``; MONAI Label
+    puts the input file name, a string, at ``image_path``, which then fails with "'str' object has no attribute
+    'update'". Such items are set aside during the call and put back unchanged; dict companions
+    (``image_meta_dict``) are updated as before.
+    """
+
+    def __call__(self, data, lazy: bool | None = None):
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {
+            k: v for k, v in data.items() if isinstance(k, str) and k.startswith(prefixes) and not isinstance(v, dict)
+        }
+        d = super().__call__({k: v for k, v in data.items() if k not in aside}, lazy=lazy)
+        d.update(aside)
+        return d
+
+
+class LabelToRegionsd(MapTransform):
+    """Turn a label map ``(1, ...)`` into one binary channel per region, a region being a set of label values.
+
+    With ``regions=None`` the label map is left as it is (the multi-class tasks), so the same transform
+    chain serves every task. Regions may overlap (whole tumour contains tumour core contains enhancing
+    tumour), which one-hot classes cannot express; the network then predicts them with sigmoid outputs.
+    Keys absent from the data (inference has no label) are skipped.
+    """
+
+    def __init__(self, keys: KeysCollection, regions=None, allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+        if regions is not None:
+            regions = [[int(v) for v in region] for region in regions]
+            if not regions or any(not region for region in regions):
+                raise ValueError(f"regions must be non-empty lists of label values, got {regions}")
+        self.regions = regions
+
+    def __call__(self, data):
+        d = dict(data)
+        if self.regions is None:
+            return d
+        for key in self.key_iterator(d):
+            label = d[key]
+            if label.shape[0] != 1:
+                raise ValueError(f"{key}: expected a one-channel label map, got shape {tuple(label.shape)}")
+            channels = [torch.isin(torch.as_tensor(label[0]), torch.tensor(r)) for r in self.regions]
+            regions = torch.stack(channels).to(torch.float32)
+            # keep the label's metadata (affine, file name): the evaluation scores on its grid in mm
+            if isinstance(label, MetaTensor):
+                regions = MetaTensor(regions, meta=label.meta, applied_operations=label.applied_operations)
+            d[key] = regions
+        return d
 
 
 class InvertedLabelsd(MapTransform):

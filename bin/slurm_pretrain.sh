@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Self-supervised pre-training on several nodes under SLURM: one torchrun per node, rendezvous on the
 # job's first node. Extra arguments go to the bundle, e.g.
-#   sbatch --nodes=4 --gpus-per-node=8 scripts/slurm_pretrain.sh --train_sources "[...]" --val_sources "[...]"
+#   sbatch --nodes=4 --gpus-per-node=8 bin/slurm_pretrain.sh --train_sources "[...]" --val_sources "[...]"
 # --resume auto is always passed: a requeued or resubmitted job continues from the newest checkpoint
 # (the first run finds none and starts from scratch).
 #SBATCH --job-name=swin-ssl

@@ -1,6 +1,6 @@
 """Side-by-side timing of plain MONAI Swin UNETR against this bundle's fast path, in one process.
 
-    python -m scripts.benchmark --feature_size 48 --roi 96 --batch 2 --crops 2 --device cuda --amp bf16
+    python -m scripts.tools.benchmark --feature_size 48 --roi 96 --batch 2 --crops 2 --device cuda --amp bf16
 
 Each repeat runs every variant once, in turn (interleaved), so drifts of the machine hit all variants
 alike. Per task (pre-training iteration, fine-tuning iteration, sliding-window inference of one volume)
@@ -32,9 +32,9 @@ from monai.networks.nets import SwinUNETR
 
 from scripts.atomic_files import atomic_path
 from scripts.errors import ConfigError
+from scripts.network.pretraining import SSLHead
 from scripts.network.speed import compile_network, use_attention
 from scripts.pretraining.loss import SSLLoss
-from scripts.pretraining.network import SSLHead
 from scripts.pretraining.steps import SSLTrainStep
 
 VARIANTS = ("plain", "bundle", "sdpa", "compile", "checkpoint")
