@@ -17,8 +17,9 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 
 from scripts.dicom.series import cached_nifti
-from scripts.errors import InputError
+from scripts.errors import ConfigError, InputError
 from scripts.inference.memory import available_gb, inference_gb
+from scripts.tasks.presets import fitting_presets
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -215,10 +216,21 @@ def check_case(
             )
 
 
+def missing(path: str, what: str) -> str:
+    """ "<what> <path>: ... not found", with how to make the default data when ``path`` is in ``data/phantoms``."""
+    message = f"{what} {path}: {'folder' if what == 'dataset_dir' else 'file'} not found"
+    if "data/phantoms" in path.replace(os.sep, "/"):
+        message += (
+            "; the default data (synthetic CT phantoms) are generated, not shipped: run bash bin/demo.sh once, "
+            "or python -m scripts.tools.phantoms --out_dir data/phantoms, or give --dataset_dir / --datalist"
+        )
+    return message
+
+
 def load_datalist_json(datalist: str) -> dict:
     """The datalist file's JSON object; one-line errors for a missing file or a syntax error."""
     if not os.path.isfile(datalist):
-        raise InputError(f"datalist {datalist}: file not found")
+        raise InputError(missing(datalist, "datalist"))
     try:
         with open(datalist) as f:
             lists = json.load(f)
@@ -286,24 +298,61 @@ def read_datalist(datalist: str, key: str, base_dir: str, is_segmentation: bool 
     return load_decathlon_datalist(datalist, is_segmentation=is_segmentation, data_list_key=key, base_dir=base_dir)
 
 
+def task_mismatch(datalist: str, label_names=None, geometry: Geometry | None = None) -> str | None:
+    """Why the task the datalist declares (an MSD ``dataset.json``'s ``labels`` and ``modality``) is not the
+    config's, or None. Counts are compared, not names: BTCV's own list abbreviates its organ names."""
+    lists = load_datalist_json(datalist)
+    labels, modalities = lists.get("labels"), lists.get("modality")
+    problems = []
+    if isinstance(labels, dict) and label_names is not None and len(labels) != len(label_names):
+        shown = ", ".join(str(v) for v in list(labels.values())[:4]) + (", ..." if len(labels) > 4 else "")
+        problems.append(f"{len(labels)} label values ({shown}) but the config segments {len(label_names)}")
+    if isinstance(modalities, dict) and geometry is not None:
+        channels = list(modalities.values())
+        ct = all(str(c).upper() == "CT" for c in channels)
+        if len(channels) != geometry.channels:
+            problems.append(
+                f"{len(channels)} input channels ({', '.join(map(str, channels))}) but the config takes "
+                f"{geometry.channels}"
+            )
+        elif ct != (geometry.modality == "CT"):
+            problems.append(f"modality {', '.join(map(str, channels))} but the config normalises {geometry.modality}")
+    if not problems:
+        return None
+    fits = []
+    if isinstance(labels, dict) and isinstance(modalities, dict):
+        fits = fitting_presets(len(labels), list(modalities.values()))
+    example = fits[0] if fits else "task09_spleen"
+    return (
+        f"datalist {datalist} declares {'; '.join(problems)}: merge the task's preset after the workflow's config, "
+        f"e.g. --config_file \"['configs/train.json','configs/tasks/{example}.json']\" "
+        f"(presets that fit: {', '.join(fits) if fits else 'none; see configs/tasks/ and docs/tasks.md'})"
+    )
+
+
 def checked_datalist(
     datalist: str,
     key: str,
     base_dir: str,
     keys=("image", "label"),
-    label_values=None,
+    label_names=None,
     geometry: Geometry | None = None,
     split=None,
 ) -> list:
     """Read an MSD-style datalist (paths relative to ``base_dir``) and check every file in it.
 
+    ``label_names``: the config's label values by name; a datalist that declares another number of labels or
+    channels, or another modality, is refused before any file is read (the wrong task preset, or none).
     ``split`` (``scripts.tasks.splits.Split``): the fold / label fraction of the list to use.
     """
+    if problem := task_mismatch(datalist, label_names, geometry):
+        raise ConfigError(problem)
     items = read_datalist(datalist, split.source_key(key) if split else key, base_dir)
     if split is not None:
         items = split.select(items, key)
     if not items:
         raise InputError(f"datalist {datalist}: list '{key}' is empty")
+    label_values = None if label_names is None else len(label_names)
     for item in items:
         if os.path.isdir(item.get("image", "")):  # a DICOM series folder: its NIfTI conversion is read
             item["image"] = cached_nifti(item["image"])

@@ -189,7 +189,7 @@ def test_inference_keeps_the_exact_shape_and_affine_of_singleton_and_one_slice_i
 
 # Failures that no check can foresee, planted in one volume each: in its transforms, and in its post-processing.
 EXPLODING = {
-    "dataset#transform": "$@batch.guarded(monai.transforms.Compose([@preprocessing, monai.transforms.Lambdad("
+    "dataset#transform": "$@cases.guarded(monai.transforms.Compose([@preprocessing, monai.transforms.Lambdad("
     "'image', lambda x: 1 / 0 if 'explode_in_transform' in str(x.meta['filename_or_obj']) else x)]))",
     "postprocessing#transforms#0": {
         "_target_": "Lambdad",

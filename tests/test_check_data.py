@@ -61,7 +61,7 @@ def test_every_planted_problem_is_reported_with_counts(tmp_path):
         for name in ["good.nii.gz", *planted, "normalised.nii.gz"]
     ]
     (tmp_path / "list.json").write_text(json.dumps({"training": entries[:5], "validation": entries[5:]}))
-    proc = run_check("--datalist", str(tmp_path / "list.json"), "--label_values", "14")
+    proc = run_check("--datalist", str(tmp_path / "list.json"), "--label_values", "14", "--labels", "False")
     assert proc.returncode == 1
     errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
     assert len(errors) == len(planted)
@@ -69,14 +69,31 @@ def test_every_planted_problem_is_reported_with_counts(tmp_path):
         assert any(f"/{named}" in line and problem in line for line in errors), (named, proc.stdout)
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1 and "normalised.nii.gz" in warnings[0] and "do not look like CT" in warnings[0]
-    assert f"checked {len(entries)} cases: {len(planted)} with errors, 1 warnings" in proc.stdout
+    assert f"checked {len(entries)} cases (labels optional, values 0..13, 1 channel(s) of CT): " in proc.stdout
+    assert f": {len(planted)} with errors, 1 warnings" in proc.stdout
 
 
-def test_a_clean_dataset_reports_nothing(phantoms):
-    proc = run_check("--datalist", str(phantoms / "dataset.json"), "--label_values", "14")
+def test_a_clean_dataset_reports_nothing_and_applies_the_rules_its_datalist_declares(phantoms):
+    """The phantoms' dataset.json has labelled entries and declares BTCV's 14 labels and one CT channel."""
+    proc = run_check("--datalist", str(phantoms / "dataset.json"))
     assert proc.returncode == 0, proc.stdout
     assert "ERROR" not in proc.stdout and "WARNING" not in proc.stdout
-    assert "checked 6 cases: 0 with errors, 0 warnings" in proc.stdout
+    assert "checked 6 cases (labels required, values 0..13, 1 channel(s) of CT): 0 with errors" in proc.stdout
+
+
+def test_without_flags_a_fine_tuning_list_with_an_unlabelled_entry_is_an_error(tmp_path):
+    """Forgetting --labels must not let a training entry without its label through: any labelled entry makes
+    labels required; a pre-training list (no labels anywhere) passes."""
+    save(tmp_path / "a.nii.gz", ct())
+    save(tmp_path / "a_label.nii.gz", np.zeros((24, 24, 12), np.uint8))
+    save(tmp_path / "b.nii.gz", ct())
+    mixed = {"training": [{"image": "a.nii.gz", "label": "a_label.nii.gz"}, {"image": "b.nii.gz"}]}
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    proc = run_check("--datalist", str(tmp_path / "mixed.json"))
+    assert proc.returncode == 1 and "training[1]: no 'label' given" in proc.stdout, proc.stdout
+    (tmp_path / "ssl.json").write_text(json.dumps({"training": [{"image": "a.nii.gz"}, {"image": "b.nii.gz"}]}))
+    proc = run_check("--datalist", str(tmp_path / "ssl.json"))
+    assert proc.returncode == 0 and "(labels optional, any label values, 1 channel(s) of CT)" in proc.stdout
 
 
 MALFORMED = {

@@ -29,6 +29,22 @@ def test_a_misspelled_id_is_named_with_the_closest_known_one():
     assert unknown_ids(argv("train.json", zzz=1)) == ["unknown id 'zzz'"]
 
 
+@pytest.mark.parametrize(
+    "config, old, new",
+    [
+        ("train.json", "num_classes", "out_channels"),
+        ("train.json", "checkpoint_dir", "state_dir"),
+        ("pretrain.json", "checkpoint_dir", "state_dir"),
+        ("inference.json", "batch", "cases"),
+    ],
+)
+def test_an_id_of_an_earlier_version_is_refused_naming_its_new_name(config, old, new):
+    """An old command line must not add an unused id and run with the default: it is refused, pointing on."""
+    with pytest.raises(ConfigError, match=f"id '{old}' is now called '{new}'"):
+        check_command_line(argv(config, **{old: 2}))
+    assert unknown_ids(argv(config, **{new: 2})) == []
+
+
 def test_ids_of_every_given_config_and_of_monai_bundle_run_are_known():
     known = {"dataset_dir": "/d", "meta_file": "m.json", "logging_file": "l.conf", "validate#inferer#progress": 0}
     assert unknown_ids(argv("train.json", "evaluate.json", ckpt_path="m.pt", **known)) == []

@@ -114,10 +114,12 @@ def test_a_datalist_image_may_be_a_dicom_series_folder_read_through_its_conversi
     datalist = tmp_path / "data" / "dataset.json"
     entries = [{"image": "case1", "label": "case1_label.nii.gz"}, {"image": "case1", "label": "flipped.nii.gz"}]
     datalist.write_text(json.dumps({"validation": entries[:1], "training": entries[1:]}))
-    (item,) = checked_datalist(str(datalist), "validation", str(tmp_path / "data"), label_values=14)
+    (item,) = checked_datalist(
+        str(datalist), "validation", str(tmp_path / "data"), label_names=[str(v) for v in range(14)]
+    )
     assert item["image"].startswith(str(tmp_path / "tmp" / "swin_unetr_dicom")) and item["image"].endswith(
         "/case1.nii.gz"
     )
     np.testing.assert_array_equal(np.asarray(nib.load(item["image"]).dataobj), volume)
     with pytest.raises(InputError, match="flipped.nii.gz: affine differs from image .*case1.nii.gz"):
-        checked_datalist(str(datalist), "training", str(tmp_path / "data"), label_values=14)
+        checked_datalist(str(datalist), "training", str(tmp_path / "data"), label_names=[str(v) for v in range(14)])

@@ -499,13 +499,13 @@ def test_every_id_the_defaults_page_lists_is_a_config_id():
 
 def test_no_doc_names_an_id_by_its_old_name():
     """Old ids are refused with their new name (scripts.cli.RENAMED_IDS); the docs use the new ones."""
-    renamed = getattr(importlib.import_module("scripts.cli"), "RENAMED_IDS", {})
+    renamed = importlib.import_module("scripts.cli").RENAMED_IDS
     problems = [
         f"{_name(doc)}:{number}: `{old}` is now `{new}`"
         for doc in DOCS
         for number, line in enumerate(doc.read_text().splitlines(), 1)
         for old, new in renamed.items()
-        if f"`{old}`" in line  # in commands an old id already fails as unknown
+        if f"`{old}`" in line and "is now called" not in line  # the error table quotes the refusal itself
     ]
     assert not problems, _report(problems)
 

@@ -7,6 +7,7 @@ definitions, then x and y negated for RAS)."""
 
 import csv
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from pydicom.uid import JPEGLSLossless, RLELossless
 
 from scripts.tools.prepare import prepare
 
-from conftest import REAL_CT, ROOT, requires_real_ct
+from conftest import REAL_CT, ROOT, configs, requires_real_ct
 
 RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # rows run head to feet: a non-axial grid catches swapped axes
@@ -146,6 +147,29 @@ def test_datalist_lists_exactly_the_kept_volumes_relative_to_its_folder(collecti
     from scripts.pretraining.data import image_list
 
     assert len(image_list(str(out / "mixed.json"))) == len(lists["training"])
+
+
+def test_pre_training_validates_on_the_validation_lists_of_its_training_datalists_by_default(collection, caplog):
+    """Only --train_sources given: val_sources is train_sources, whose datalists (as prepare writes them) hold a
+    validation list apart from the training one. A folder has no such list: the overlap is warned about."""
+    from monai.bundle import ConfigParser
+
+    from scripts.pretraining.data import image_list, validation_images
+
+    parser = ConfigParser()
+    parser.read_config(configs("pretrain.json"))
+    parser.update({"train_sources": [str(collection["out"] / "mixed.json")]})
+    assert parser.get_parsed_content("val_sources") == parser.get_parsed_content("train_sources")
+    with caplog.at_level(logging.WARNING):
+        validation = parser.get_parsed_content("validate#images")
+    assert len(validation) == 1 and not set(map(str, validation)) & set(
+        map(str, parser.get_parsed_content("train#images"))
+    )
+    assert "also training volumes" not in caplog.text
+    folder = str(collection["out"] / "images")
+    with caplog.at_level(logging.WARNING):
+        validation_images(folder, image_list(folder))
+    assert "4 of 4 pre-training validation volumes are also training volumes" in caplog.text
 
 
 def small_collection(root):

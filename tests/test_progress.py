@@ -6,7 +6,7 @@ import logging
 
 from ignite.engine import Engine
 
-from scripts.training.progress import EtaLogger, duration
+from scripts.training.progress import EtaLogger, duration, warn_if_paper_size_on_cpu
 
 
 def test_duration_reads_as_clock_time_with_days():
@@ -37,3 +37,15 @@ def test_without_an_interval_it_logs_once_per_epoch(caplog):
         engine.run(range(3), max_epochs=2)
     lines = [r.getMessage() for r in caplog.records if r.name == "scripts.training.progress"]
     assert [line.split(",")[0] for line in lines] == ["iteration 3/6 (50.0%)", "iteration 6/6 (100.0%)"]
+
+
+def test_the_papers_network_size_on_a_cpu_is_warned_naming_the_cpu_overlay(caplog):
+    """pretrain.json alone is 100,000 full-size iterations: on a CPU the start says so and names the overlay."""
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_paper_size_on_cpu("cpu", 48, [96, 96, 96], "small_pretrain")
+    assert "feature_size 48 with 96x96x96 crops on the CPU" in caplog.text
+    assert "configs/small_pretrain.json" in caplog.text
+    caplog.clear()
+    assert not warn_if_paper_size_on_cpu("cpu", 12, [64, 64, 64], "small")  # the CPU overlays' size
+    assert not warn_if_paper_size_on_cpu("cuda:0", 48, [96, 96, 96], "small")
+    assert not caplog.text

@@ -10,8 +10,8 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata
 from monai.data import MetaTensor
 
-from scripts.errors import InputError
-from scripts.inputs import Geometry, check_case, checked_datalist
+from scripts.errors import ConfigError, InputError
+from scripts.inputs import Geometry, check_case, checked_datalist, task_mismatch
 from scripts.tasks.presets import preset_names, task_metadata, write_task_bundle_configs
 from scripts.tasks.splits import Split, write_splits
 from scripts.tools.task_phantoms import generate_case, write_task_phantoms
@@ -37,6 +37,9 @@ TINY = {"feature_size": 12, "roi_size": [64, 32, 32], "sw_batch_size": 2, "num_w
 TRAIN = {**TINY, "num_samples": 1, "cache_rate": 1.0, "class_weights": None, "max_epochs": 1, "val_interval": 1}
 
 
+LISTS = ("training", "validation", "test")
+
+
 def parsed(task, *base, **overrides):
     parser = ConfigParser()
     parser.read_config(configs(*base, f"tasks/{task}.json"))
@@ -50,11 +53,14 @@ def test_there_is_a_preset_for_btcv_and_each_of_the_ten_msd_tasks():
 
 @pytest.fixture(scope="module")
 def data_by_channels(tmp_path_factory):
-    """A one-case dataset per input channel count (1: CT, 2: prostate MRI, 4: brain MRI)."""
+    """A one-case dataset per input channel count (1: CT, 2: prostate MRI, 4: brain MRI), shared by the presets
+    of that count: its datalist does not declare a task (no ``labels`` / ``modality``), as a hand-made list."""
     out = {}
     for channels, phantom in ((1, "spleen"), (2, "prostate"), (4, "brain_tumour")):
         out[channels] = tmp_path_factory.mktemp(phantom)
         write_task_phantoms(str(out[channels]), phantom, num_train=1, num_val=1, num_test=1)
+        datalist = json.loads((out[channels] / "dataset.json").read_text())
+        (out[channels] / "dataset.json").write_text(json.dumps({k: datalist[k] for k in LISTS if k in datalist}))
     return out
 
 
@@ -196,10 +202,10 @@ def test_workflows_read_a_fold_of_the_msd_training_list(tmp_path):
     data = json.loads((tmp_path / "dataset.json").read_text())
     del data["validation"]  # MSD's dataset.json has no validation list
     (tmp_path / "dataset.json").write_text(json.dumps(data))
-    split, geometry = Split(1, 2, seed=0), Geometry()
+    split, geometry, names = Split(1, 2, seed=0), Geometry(), ["background", "spleen"]
     args = (str(tmp_path / "dataset.json"),)
-    train = checked_datalist(*args, "training", str(tmp_path), label_values=2, geometry=geometry, split=split)
-    val = checked_datalist(*args, "validation", str(tmp_path), label_values=2, geometry=geometry, split=split)
+    train = checked_datalist(*args, "training", str(tmp_path), label_names=names, geometry=geometry, split=split)
+    val = checked_datalist(*args, "validation", str(tmp_path), label_names=names, geometry=geometry, split=split)
     assert len(train) == len(val) == 2 and not {t["image"] for t in train} & {v["image"] for v in val}
     parser = parsed("task09_spleen", "train.json", fold=1, num_folds=2, dataset_dir=str(tmp_path))
     assert [v["image"] for v in parser.get_parsed_content("validate#data")] == [v["image"] for v in val]
@@ -338,3 +344,47 @@ def test_spleen_ct_multi_class(tmp_path):
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
     dice = tables["val_mean_dice"]
     assert list(dice[0]) == ["case", "spleen", "mean"] and 0 <= float(dice[0]["spleen"]) <= 1
+
+
+@pytest.mark.parametrize(
+    "task, preset, modality, declared, fits",
+    [
+        ("spleen", "btcv", None, "2 label values (background, spleen) but the config segments 14", "task06_lung"),
+        ("brain_tumour", "btcv", None, "4 input channels (FLAIR, T1w, t1gd, T2w) but", "task01_brain_tumour"),
+        ("spleen", "task09_spleen", {"0": "MRI"}, "modality MRI but the config normalises CT", "task02_heart"),
+    ],
+)
+def test_fine_tuning_refuses_a_datalist_of_another_task_and_names_the_presets(
+    tmp_path, task, preset, modality, declared, fits
+):
+    """The routing mistake: an MSD task's dataset.json with train.json alone trains a 14-class BTCV model with the
+    CT window. The datalist's own labels / modality say which task it is: refused before any file is read."""
+    write_task_phantoms(str(tmp_path), task, num_train=2, num_val=1, num_test=0)
+    if modality:
+        data = json.loads((tmp_path / "dataset.json").read_text())
+        (tmp_path / "dataset.json").write_text(json.dumps({**data, "modality": modality}))
+    parser = parsed(preset, "train.json", dataset_dir=str(tmp_path), datalist=str(tmp_path / "dataset.json"))
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps what a config expression raises
+        parser.get_parsed_content("train#data")
+    assert isinstance(error.value.__cause__, ConfigError), error.value
+    message = str(error.value.__cause__)
+    assert declared in message and f"presets that fit: {fits}" in message
+
+
+def test_btcvs_own_datalist_with_abbreviated_organ_names_is_accepted(tmp_path):
+    """BTCV's dataset_0.json names its labels rkid, lkid, ...: the counts decide, not the names."""
+    names = ["background", "spleen", "rkid", "lkid", "gall", "eso", "liver", "sto", "aorta", "IVC", "veins"]
+    labels = {str(i): name for i, name in enumerate([*names, "pancreas", "rad", "lad"])}
+    (tmp_path / "dataset_0.json").write_text(json.dumps({"labels": labels, "modality": {"0": "CT"}}))
+    config_names = parsed("btcv", "train.json").get_parsed_content("label_names")
+    assert task_mismatch(str(tmp_path / "dataset_0.json"), config_names, Geometry(channels=1, modality="CT")) is None
+
+
+@pytest.mark.parametrize(
+    "task, preset",
+    [("spleen", "task09_spleen"), ("brain_tumour", "task01_brain_tumour"), ("prostate", "task05_prostate")],
+)
+def test_a_datalist_of_the_presets_own_task_is_accepted(tmp_path, task, preset):
+    write_task_phantoms(str(tmp_path), task, num_train=2, num_val=1, num_test=0)
+    parser = parsed(preset, "train.json", dataset_dir=str(tmp_path), datalist=str(tmp_path / "dataset.json"))
+    assert len(parser.get_parsed_content("train#data")) == 2

@@ -21,7 +21,7 @@ import torch
 from scripts.atomic_files import check_writable
 from scripts.dicom.series import holds_dicom, read_header, series_to_nifti
 from scripts.errors import InputError, ReportedError, one_line
-from scripts.inputs import NIFTI_SUFFIXES, Geometry, check_case, nifti_files, read_datalist
+from scripts.inputs import NIFTI_SUFFIXES, Geometry, check_case, missing, nifti_files, read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class InferenceBatch:
                 raise InputError(f"datalist {datalist}: list '{key}' is empty")
             return [item["image"] if isinstance(item, dict) else item for item in items]
         if not os.path.isdir(dataset_dir):
-            raise InputError(f"dataset_dir {dataset_dir}: folder not found")
+            raise InputError(missing(dataset_dir, "dataset_dir"))
         images = nifti_files(dataset_dir) + dicom_folders(dataset_dir, exclude=self.output_dir)
         unsupported = sorted(p for p in os.listdir(dataset_dir) if os.path.splitext(p)[1].lower() in UNSUPPORTED)
         if not images:

@@ -68,6 +68,23 @@ def image_list(sources, key: str = "training") -> list[dict]:
     return out
 
 
+def validation_images(sources, training: list[dict]) -> list[dict]:
+    """``image_list(sources, "validation")``, with a warning when it shares volumes with ``training``.
+
+    ``val_sources`` defaults to ``train_sources``: the ``validation`` lists of datalists (``prepare`` writes both
+    lists); a folder or glob has no such list, so its volumes would be validated on as they are trained on.
+    """
+    images = image_list(sources, "validation")
+    trained = {item["image"] for item in training}
+    shared = sum(item["image"] in trained for item in images)
+    if shared:
+        logger.warning(
+            f"{shared} of {len(images)} pre-training validation volumes are also training volumes (folders and globs "
+            "have no validation list): validation then measures fit, not generalisation; give --val_sources"
+        )
+    return images
+
+
 def _problems(item: dict, geometry: Geometry | None = None) -> tuple[str | None, list[str]]:
     """(error or None, warnings) of one volume, read in full."""
     warnings = []

@@ -82,6 +82,20 @@ def _label_names(preset: dict) -> list:
     return preset["class_names"] if names == "@class_names" else names
 
 
+def fitting_presets(label_values: int, channels: list[str]) -> list[str]:
+    """The presets whose task has ``label_values`` label values and the input ``channels`` (MSD ``modality``
+    names: the count, and CT or not, must agree)."""
+    ct = all(str(c).upper() == "CT" for c in channels)
+    fits = []
+    for task in preset_names():
+        with open(preset_path(task)) as f:
+            preset = json.load(f)
+        same_input = len(preset["channel_names"]) == len(channels) and (preset["modality"] == "CT") == ct
+        if same_input and len(_label_names(preset)) == label_values:
+            fits.append(task)
+    return fits
+
+
 def write_task_bundle_configs(task: str, out_dir: str) -> list[str]:
     """Write ``inference.json`` and ``metadata.json`` for ``task`` into ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)

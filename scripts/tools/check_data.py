@@ -1,10 +1,13 @@
 """Check a dataset in one pass before training: every problem of every file, with counts.
 
-    python -m scripts.tools.check_data --datalist data/btcv/dataset_0.json --dataset_dir data/btcv --label_values 14 \
-        --labels
+    python -m scripts.tools.check_data --datalist data/btcv/dataset_0.json --dataset_dir data/btcv --labels
     python -m scripts.tools.check_data --folder /data/new_scans
-    python -m scripts.tools.check_data --datalist /data/Task01_BrainTumour/dataset.json --label_values 4 --labels \
-        --channels 4 --modality MRI
+    python -m scripts.tools.check_data --datalist /data/Task01_BrainTumour/dataset.json
+
+What the cases must be defaults to what the datalist declares: labels are required when any training or
+validation entry has one (a fine-tuning list), label values must lie below the number of its ``labels`` (an MSD
+``dataset.json``), images must hold as many channels as its ``modality`` lists. ``--labels``, ``--label_values``,
+``--channels`` and ``--modality`` set them instead; the summary line says which rules were applied.
 
 First checks the datalist itself with the workflows' rules (valid JSON; every entry an object with an
 ``image`` file path, a ``label`` path where given, required with ``--labels``; ``test`` may list plain
@@ -28,6 +31,21 @@ from scripts.errors import InputError
 from scripts.inputs import Geometry, check_case, entry_problems, load_datalist_json, nifti_files
 
 LISTS = ("training", "validation", "test")
+
+
+def _rules(declared: dict, labels, label_values, channels, modality) -> tuple[bool, int | None, int, str]:
+    """The rules given, else those the datalist declares: labels where any entry has one, MSD labels / modality."""
+    if labels is None:
+        entries = [e for key in ("training", "validation") for e in declared.get(key) or [] if isinstance(e, dict)]
+        labels = any("label" in e for e in entries)
+    if label_values is None and isinstance(declared.get("labels"), dict):
+        label_values = len(declared["labels"])
+    names = list(declared["modality"].values()) if isinstance(declared.get("modality"), dict) else ["CT"]
+    if channels is None:
+        channels = len(names)
+    if modality is None:
+        modality = "CT" if all(str(n).upper() == "CT" for n in names) else "MRI"
+    return bool(labels), label_values, channels, modality
 
 
 def _cases(datalist: str, dataset_dir: str, folder: str, errors: list, labels: bool) -> list[tuple[str, dict]]:
@@ -54,20 +72,23 @@ def check(
     dataset_dir: str = "",
     folder: str = "",
     label_values: int | None = None,
-    labels: bool = False,
-    channels: int = 1,
-    modality: str = "CT",
+    labels: bool | None = None,
+    channels: int | None = None,
+    modality: str | None = None,
 ) -> int:
     """Check every case; returns the number of errors (printed, with warnings and a summary).
 
-    ``labels``: require a label in training and validation entries, as fine-tuning does.
-    ``channels``, ``modality``: the task's input (``configs/tasks/``): images must hold that many channels;
-    only CT images are warned about intensities that do not look like HU.
+    ``labels``: require a label in training and validation entries, as fine-tuning does (default: when any
+    entry has one). ``label_values``: labels hold values 0..label_values-1 (default: the datalist's ``labels``).
+    ``channels``, ``modality``: the task's input (``configs/tasks/``; default: the datalist's ``modality``, else
+    1 and CT): images must hold that many channels; only CT images are warned about intensities unlike HU.
     """
     if bool(datalist) == bool(folder):
         raise SystemExit("check_data: give either --datalist (with --dataset_dir) or --folder")
     errors, warnings = [], []
     try:
+        declared = load_datalist_json(datalist) if datalist else {}
+        labels, label_values, channels, modality = _rules(declared, labels, label_values, channels, modality)
         cases = _cases(datalist, dataset_dir, folder, errors, labels)
     except InputError as e:  # missing or unreadable datalist: nothing to check
         print(f"ERROR {e}")
@@ -82,7 +103,9 @@ def check(
         print(f"ERROR {line}")
     for line in warnings:
         print(f"WARNING {line}")
-    print(f"checked {len(cases)} cases: {len(errors)} with errors, {len(warnings)} warnings")
+    values = f"values 0..{label_values - 1}" if label_values else "any label values"
+    rules = f"labels {'required' if labels else 'optional'}, {values}, {channels} channel(s) of {modality}"
+    print(f"checked {len(cases)} cases ({rules}): {len(errors)} with errors, {len(warnings)} warnings")
     return len(errors)
 
 

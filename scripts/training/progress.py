@@ -12,6 +12,23 @@ from scripts.distributed import rank
 logger = logging.getLogger(__name__)
 
 
+def warn_if_paper_size_on_cpu(device, feature_size: int, roi_size, cpu_overlay: str) -> bool:
+    # cpu_overlay: the overlay's name in configs/, e.g. "small"
+    """Warn once when a workflow starts on a CPU at the paper's network size (feature_size 48 or more), where each
+    96^3 step takes tens of seconds (docs/measurements.md), and name the overlay that makes it CPU-sized.
+    Returns whether it warned."""
+    import torch
+
+    if torch.device(device).type != "cpu" or feature_size < 48:
+        return False
+    crop = "x".join(str(s) for s in roi_size)
+    logger.warning(
+        f"feature_size {feature_size} with {crop} crops on the CPU: the paper's size, tens of seconds a step here; "
+        f"for a CPU-sized run merge configs/{cpu_overlay}.json after the workflow's config (docs/README.md, Commands)"
+    )
+    return True
+
+
 def duration(seconds: float) -> str:
     """``1d 02:03:04`` / ``02:03:04``."""
     seconds = int(round(max(0.0, seconds)))
