@@ -1,7 +1,9 @@
 """Multi-process training with PyTorch's own engine: ``torchrun`` starts one process per GPU (or per CPU
 worker), these helpers join them into a process group and keep rank 0 the only writer.
 
-Used by the ``configs/multi_gpu_*.json`` overlays; everything here is a no-op in a single process.
+The base workflows call these in every run, where they are no-ops in a single process (``distributed``
+false, rank 0); the ``configs/multi_gpu_*.json`` overlays set ``distributed`` and the device, network and
+samplers. ``worker_count`` sizes the data-loading worker processes to the CPUs this process may use.
 """
 
 from __future__ import annotations
