@@ -158,8 +158,8 @@ MUTANTS: list[tuple[str, str, Callable, tuple[str, str]]] = [
         ("inference chain", SAME),
     ),
     ("inference_no_body_crop", "same image", removing("CropForegroundd", INFER), ("inference chain", SAME)),
-    ("inference_not_inverted", "same image", removing("Invertd", INFER), ("inference chain", "input")),
-    ("evaluation_not_inverted", "same image", removing("Invertd", EVAL), ("evaluate chain", "label")),
+    ("inference_not_inverted", "same image", removing("InvertedLabelsd", INFER), ("inference chain", "input")),
+    ("evaluation_not_inverted", "same image", removing("InvertedLabelsd", EVAL), ("evaluate chain", "label")),
     (
         "evaluation_label_resampled",
         "same image",

@@ -269,10 +269,10 @@ def main_config(args) -> int:
     # edits to the working tree during the run do not reach it
     tmp = tempfile.TemporaryDirectory(prefix="config_mutants_")
     root = Path(tmp.name) / "bundle"
-    for part in ("scripts", "tests", "configs", "docs"):
-        shutil.copytree(ROOT / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for part in ("pytest.ini", "README.md"):
-        shutil.copy(ROOT / part, root / part)
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for part in tracked.splitlines():  # the working tree's tracked files, as a fresh clone has them
+        (root / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / part, root / part, follow_symlinks=False)
     for name, kind, _, expect in CONFIG_MUTANTS:
         if args.only not in name:
             continue

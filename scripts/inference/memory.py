@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-# Fitted above peak resident memory measured on 2 CPU cores (docs/measurements.md): about
-# 31-33 bytes per input voxel and channel (the image read as float32, then one class's scores on the input's
-# grid, their resampling grid, the running best score and the labels), 16 bytes per class and voxel of the
-# network's grid (scores, their softmax, sliding-window sums); on the CPU the network's activations, about
-# 24 bytes per voxel of a sliding-window batch and feature channel; the libraries about 0.45 GB.
-BYTES_PER_INPUT_VOXEL = 40
+# Fitted above peak resident memory measured on 2 CPU cores (docs/measurements.md): about 6 bytes per input
+# voxel and channel (the image read as float32 and reoriented, then only the uint8 labels on the input's grid:
+# the scores are brought there a few slices at a time), 16 bytes per class and voxel of the network's grid
+# (scores, their softmax, sliding-window sums); on the CPU the network's activations, about 33 bytes per voxel
+# of a sliding-window batch and feature channel (feature_size 48: 5.2 GB); the libraries about 0.45 GB.
+BYTES_PER_INPUT_VOXEL = 10
 BYTES_PER_CLASS_VOXEL = 16
-BYTES_PER_FEATURE_VOXEL = 24
+BYTES_PER_FEATURE_VOXEL = 36
 LIBRARIES_GB = 0.45
 
 

@@ -13,10 +13,12 @@ random weights of the configs' size, on the CPU, one CT per slice count; also th
 volumes against before the compute (``scripts.inference.memory``).
 
 ``compare``: the postprocessing options on one CT, with the phantom's own organs, smoothed, as the network's
-class scores on its grid: ``per class`` (the configs' ``InvertedLabelsd``: one class at a time on the
-input's grid), ``all at once`` (``Invertd`` of every class, then argmax: MONAI's usual chain, float64
-resampling as MONAI's default) and ``argmax first`` (argmax on the network's grid, the label map inverted
-with nearest neighbour); per option peak memory, time and per-organ Dice against ``all at once``.
+class scores on its grid: ``by slabs`` (the configs' ``InvertedLabelsd``: the scores sampled where each input
+voxel lies on the network's grid, a few input slices at a time, only the ``uint8`` labels at full resolution),
+``per class`` (``Invertd`` of one class at a time with a running argmax: ``InvertedLabelsd``'s path for images
+without their input grid's metadata), ``all at once`` (``Invertd`` of every class, then argmax: MONAI's usual
+chain, float64 resampling as MONAI's default) and ``argmax first`` (argmax on the network's grid, the label
+map inverted with nearest neighbour); per option peak memory, time and per-organ Dice against ``all at once``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import nibabel as nib
 import numpy as np
 
 _ROOT = Path(__file__).resolve().parents[2]
-OPTIONS = ("all at once", "per class", "argmax first")
+OPTIONS = ("all at once", "per class", "by slabs", "argmax first")
 INPLANE = 0.742  # mm: the phantom's 380 mm field of view in 512 columns
 
 
@@ -180,8 +182,10 @@ def postprocess(image: str, label: str, option: str, result: str, configs) -> No
     scores = torch.softmax(4 * GaussianSmooth(sigma=1.0)(onehot), 0)
     scores = MetaTensor(scores)
     item = {"image": data["image"], "pred": scores}
-    if option == "per class":
+    if option == "by slabs":
         out = InvertedLabelsd("pred", preprocessing)(item)["pred"]
+    elif option == "per class":
+        out = InvertedLabelsd("pred", preprocessing).by_classes(scores, item)
     elif option == "all at once":
         inverted = Invertd("pred", preprocessing, orig_keys="image", nearest_interp=False)(item)
         out = AsDiscreted("pred", argmax=True)(inverted)["pred"]
