@@ -120,6 +120,10 @@ class InvertedLabelsd(MapTransform):
         values = scores.as_tensor() if isinstance(scores, MetaTensor) else scores
         values = values.float()[None]  # (1, C, D, H, W)
         labels = torch.zeros((1 if self.argmax else scores.shape[0], *shape), dtype=torch.uint8, device=values.device)
+        meta = dict(image.meta)
+        meta["affine"] = torch.as_tensor(original)
+        if values.numel() == 0:  # nothing above the intensity window: the crop is empty, every voxel background
+            return MetaTensor(labels, affine=meta["affine"], meta=meta)
         axes = [torch.arange(n, dtype=torch.float32, device=values.device) for n in shape]
         per_slice = scores.shape[0] * shape[0] * shape[1] * 4 / 2**20
         step = max(1, int(self.slab_mb // max(per_slice, 1e-9)))
@@ -147,8 +151,6 @@ class InvertedLabelsd(MapTransform):
             )[0]
             labels[:, :, :, z0 : z0 + step] = self._labels(sampled * inside)
             del grid, sampled, inside
-        meta = dict(image.meta)
-        meta["affine"] = torch.as_tensor(original)
         return MetaTensor(labels, affine=meta["affine"], meta=meta)
 
     def _class(self, scores: torch.Tensor, data: dict, c: int) -> MetaTensor:

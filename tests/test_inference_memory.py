@@ -122,3 +122,20 @@ def test_evaluation_reads_one_case_at_a_time(tmp_path):
     dataset = parse("evaluate", None, dataset_dir=str(data)).get_parsed_content("validate#dataset")
     assert not isinstance(dataset, CacheDataset), type(dataset)
     assert len(dataset) == 1 and dataset[0]["image"].dim() == 4  # read when asked for, through the chain
+
+
+def test_an_image_with_nothing_above_the_intensity_window_is_all_background_on_its_grid(tmp_path):
+    """The body crop of an image below the CT window is empty: the network sees nothing, every voxel is 0."""
+    import nibabel as nib
+
+    path = tmp_path / "air.nii.gz"
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    nib.save(nib.Nifti1Image(np.full((40, 40, 20), -500, np.int16), affine), path)
+    preprocessing = parse("inference", None).get_parsed_content("preprocessing")
+    image = preprocessing({"image": str(path)})["image"]
+    assert image.shape[1:].numel() == 0
+    got = InvertedLabelsd("pred", preprocessing)(
+        {"pred": MetaTensor(torch.zeros(14, *image.shape[1:])), "image": image}
+    )
+    assert got["pred"].shape == (1, 40, 40, 20) and not got["pred"].any()
+    assert np.allclose(got["pred"].affine, affine)

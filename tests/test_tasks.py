@@ -167,7 +167,10 @@ def test_check_data_takes_the_tasks_channels_and_modality(tmp_path, capsys):
     write_task_phantoms(str(tmp_path), "prostate", num_train=1, num_val=0, num_test=0)
     args = {"datalist": str(tmp_path / "dataset.json"), "label_values": 3, "labels": True}
     assert check(**args, channels=2, modality="MRI") == 0
-    assert check(**args) == 1 and "(2 volumes or channels), expected a single 3-D volume" in capsys.readouterr().out
+    assert check(**args) == 0  # by default the datalist's own modality: T2 and ADC, two MRI channels
+    capsys.readouterr()
+    assert check(**args, channels=1, modality="CT") == 1
+    assert "(2 volumes or channels), expected a single 3-D volume" in capsys.readouterr().out
 
 
 def test_k_fold_splits_partition_the_msd_training_list_and_label_fractions_are_nested(tmp_path):

@@ -3,6 +3,7 @@
     python -m scripts.tools.inference_memory sweep --slices "[100,250,500]"
     python -m scripts.tools.inference_memory sweep --slices "[100]" --configs "['inference.json']"
     python -m scripts.tools.inference_memory compare --slices 240
+    python -m scripts.tools.inference_memory compare --slices 240 --classes 2   # what grows with the classes
 
 The CT is a phantom (``scripts.tools.phantoms``) at 0.74 x 0.74 mm in-plane, padded with air to 512 x 512,
 with N slices over its 210 mm. Every figure comes from a child process of its own (peak resident memory,
@@ -129,8 +130,9 @@ def sweep(slices=(100, 250, 500), configs=None, out: str = "") -> list[dict]:
     return rows
 
 
-def compare(slices: int = 240, configs=None, out: str = "") -> list[dict]:
-    """The postprocessing options side by side on one CT (see the module docstring)."""
+def compare(slices: int = 240, configs=None, out: str = "", classes: int = 0) -> list[dict]:
+    """The postprocessing options side by side on one CT (see the module docstring); ``classes`` > 0: that many
+    classes instead of the configs' (organs above the last one count as the last), to see what grows with them."""
     configs = list(configs or ["inference.json", "small.json"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="postprocessing_") as tmp:
@@ -139,11 +141,17 @@ def compare(slices: int = 240, configs=None, out: str = "") -> list[dict]:
         for option in OPTIONS:
             result = Path(tmp) / f"{option.replace(' ', '_')}.npy"
             cmd = [sys.executable, "-m", "scripts.tools.inference_memory", "postprocess", str(image), str(label)]
-            cmd += [option, str(result), json.dumps(configs)]
+            cmd += [option, str(result), json.dumps(configs), str(int(classes))]
             peak, seconds, code = measured(cmd)
             labels[option] = np.load(result) if code == 0 else None
             rows.append(
-                {"option": option, "slices": int(slices), "peak_gb": round(peak, 2), "seconds": round(seconds, 1)}
+                {
+                    "option": option,
+                    "slices": int(slices),
+                    "classes": int(classes) or _config_values(configs, "out_channels")[0],
+                    "peak_gb": round(peak, 2),
+                    "seconds": round(seconds, 1),
+                }
             )
         reference = labels["all at once"]
         for row in rows:
@@ -154,7 +162,7 @@ def compare(slices: int = 240, configs=None, out: str = "") -> list[dict]:
     return rows
 
 
-def postprocess(image: str, label: str, option: str, result: str, configs) -> None:
+def postprocess(image: str, label: str, option: str, result: str, configs, classes: int = 0) -> None:
     """One option in this process (``compare`` runs it as a child): preprocess, scores, postprocess, save."""
     import torch
     from monai.bundle import ConfigParser
@@ -177,8 +185,8 @@ def postprocess(image: str, label: str, option: str, result: str, configs) -> No
     preprocessing = parser.get_parsed_content("preprocessing")
     data = preprocessing({"image": image, "label": label})
     grid = data["label"][0]  # the phantom's organs, smoothed below over about a voxel: scores with soft borders
-    classes = parser.get_parsed_content("out_channels")
-    onehot = torch.nn.functional.one_hot(grid.long(), classes).permute(3, 0, 1, 2).float()
+    classes = int(classes) or parser.get_parsed_content("out_channels")
+    onehot = torch.nn.functional.one_hot(grid.long().clamp(max=classes - 1), classes).permute(3, 0, 1, 2).float()
     scores = torch.softmax(4 * GaussianSmooth(sigma=1.0)(onehot), 0)
     scores = MetaTensor(scores)
     item = {"image": data["image"], "pred": scores}
