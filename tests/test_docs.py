@@ -167,9 +167,9 @@ def routing_problems(command: Command, files: list[str], opts: dict) -> list[str
     if "pretrain.json" in names and "small_pretrain.json" not in names and "train_sources" not in opts:
         # pretrain.json's default sources are the phantoms, at 100,000 full-size iterations
         problems.append(command.problem("pre-training at full size on the default data: give --train_sources"))
-    if ("train_sources" in opts) != ("val_sources" in opts):
-        # without --val_sources, validation reads the phantoms (the default) whatever the training data
-        problems.append(command.problem("--train_sources and --val_sources go together"))
+    if "val_sources" in opts and "train_sources" not in opts:
+        # validation follows the training sources by default; other validation data alone means training the phantoms
+        problems.append(command.problem("--val_sources without --train_sources trains on the phantoms"))
     for value in opts.values():
         task = re.search(r"Task(\d\d)_", value or "")
         if task and not any(re.fullmatch(rf"task{task[1]}_\w+\.json", n) for n in names):

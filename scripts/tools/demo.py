@@ -164,6 +164,7 @@ def run_demo(
         ["pretrain.json", "small_pretrain.json"],
         output_dir=os.path.join(out_dir, "pretrain"),
         train_sources=sources,
+        val_sources=[datalist],  # the phantoms' validation list; the real CT are unlabelled extra training data
         max_iterations=pretrain_iterations,
         ckpt_interval=interval,
         val_interval=interval,
