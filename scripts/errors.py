@@ -38,10 +38,11 @@ def running_as_command() -> bool:
     return spec is not None and spec.name in ("monai.bundle", "monai.bundle.__main__")
 
 
-def install_error_hook() -> None:
+def install_error_hook(command: bool = False) -> None:
     """When run as a command, make an uncaught ``ReportedError`` print ``ERROR: <message>`` and exit with status 1;
-    elsewhere nothing (the host program keeps its own ``sys.excepthook``)."""
-    if not running_as_command():
+    elsewhere nothing (the host program keeps its own ``sys.excepthook``). ``command``: the caller is a command
+    line tool's ``__main__`` (``python -m scripts.tools...``)."""
+    if not (command or running_as_command()):
         return
     previous = sys.excepthook
 

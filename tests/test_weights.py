@@ -176,7 +176,7 @@ def test_research_btcv_checkpoints_are_recognised_as_legacy(tmp_path):
 def test_bundle_files_keep_the_current_merging_unless_told(tmp_path):
     torch.save(ENCODER, tmp_path / "enc.pt")
     assert patch_merging(str(tmp_path / "enc.pt")) == "merging" and patch_merging("") == "merging"
-    assert patch_merging(str(tmp_path / "enc.pt"), choice="legacy") is LegacyPatchMerging
+    assert patch_merging(str(tmp_path / "enc.pt"), order="legacy") is LegacyPatchMerging
 
 
 def test_conversion_to_research_and_back_is_exact_and_readable_by_load_from(tmp_path):

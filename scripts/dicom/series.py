@@ -23,6 +23,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from scripts.atomic_files import atomic_path
+from scripts.dicom.extras import REQUIREMENTS
 from scripts.errors import InputError, one_line
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -243,11 +244,15 @@ def read_volume(series: Series) -> np.ndarray:
     shape = series.geometry["shape"]
     out = np.empty(shape, np.int16)
     for k, s in enumerate(series.slices):
+        ds = None
         try:
             ds = pydicom.dcmread(s.path)
             pixels = ds.pixel_array
         except Exception as e:  # decoders raise many types (missing codec, truncated stream)
-            raise InputError(f"unreadable pixel data: {s.path}: {one_line(e)}") from None
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            # the codecs for compressed pixel data come with requirements-dicom.txt
+            hint = f" (compressed: pip install -r {REQUIREMENTS})" if getattr(syntax, "is_compressed", False) else ""
+            raise InputError(f"unreadable pixel data: {s.path}: {one_line(e)}{hint}") from None
         if pixels.shape != (shape[1], shape[0]):
             raise InputError(f"unreadable pixel data: {s.path}: decoded shape {pixels.shape}, header {shape[1::-1]}")
         slope = float(ds.get("RescaleSlope", 1) or 1)

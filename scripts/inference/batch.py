@@ -22,6 +22,7 @@ from scripts.atomic_files import check_writable
 from scripts.dicom.series import holds_dicom, read_header, series_to_nifti
 from scripts.errors import InputError, ReportedError, one_line
 from scripts.inputs import NIFTI_SUFFIXES, Geometry, check_case, missing, nifti_files, read_datalist
+from scripts.options import flag
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class InferenceBatch:
         geometry: Geometry | None = None,
         dicom_seg: bool = False,
     ):
-        self.output_dir, self.postfix, self.dicom_seg = output_dir, postfix, dicom_seg
+        self.output_dir, self.postfix, self.dicom_seg = output_dir, postfix, flag("dicom_seg", dicom_seg)
         images = self._images(dataset_dir, datalist, key)
         self._refuse_overwrites(images, dataset_dir if not datalist else None, postfix)
         check_writable(output_dir)
@@ -174,6 +175,9 @@ class InferenceBatch:
             )
 
     def _write_dicom_segs(self) -> None:
+        from scripts.dicom.extras import require
+
+        require("highdicom", "DICOM SEG output (--dicom_seg true)")
         from scripts.dicom.seg import write_dicom_seg  # highdicom is imported only when DICOM SEG is asked for
 
         for converted, series in self.dicom.items():

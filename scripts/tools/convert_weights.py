@@ -6,7 +6,9 @@ python -m scripts.tools.convert_weights to_bundle models/model_swinvit.pt models
 
 import fire
 
+from scripts.errors import install_error_hook
 from scripts.weights.conversion import to_bundle, to_research
 
 if __name__ == "__main__":
+    install_error_hook(command=True)
     fire.Fire({"to_research": to_research, "to_bundle": to_bundle})

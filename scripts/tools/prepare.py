@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from scripts.atomic_files import atomic_path, check_writable
+from scripts.dicom.extras import require
 from scripts.dicom.series import (
     LPS_TO_RAS,
     Series,
@@ -125,8 +126,7 @@ def _map(function, items: list, num_workers: int, desc: str, chunksize: int = 1)
 
 def _itk_grid(path: str) -> tuple[tuple, np.ndarray]:
     """(shape, RAS affine) of an ITK-readable file from its header alone."""
-    import SimpleITK as sitk
-
+    sitk = require("SimpleITK", f"reading {path}")
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     reader.ReadImageInformation()
@@ -155,8 +155,7 @@ def _read_file(path: str, shape: tuple) -> np.ndarray:
     if path.lower().endswith(NIFTI_SUFFIXES):
         data = np.asanyarray(nib.load(path).dataobj).reshape(shape)
     else:
-        import SimpleITK as sitk
-
+        sitk = require("SimpleITK", f"reading {path}")
         data = sitk.GetArrayFromImage(sitk.ReadImage(path)).transpose(2, 1, 0)  # ITK arrays are (z, y, x)
     if np.issubdtype(data.dtype, np.floating):
         if not np.isfinite(data).all():

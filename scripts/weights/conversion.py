@@ -5,7 +5,8 @@
 
 ``to_research`` writes ``{"state_dict": {"module.<encoder key>": ...}}`` with MLPs named ``fc1`` /
 ``fc2``, which ``SwinUNETR.load_from`` and the research scripts read. ``to_bundle`` writes a flat
-``swinViT.*`` state_dict (what ``--pretrained_encoder`` takes). Converting to research and back is
+``swinViT.*`` state_dict (what ``--pretrained_encoder`` takes). Both record the patch-merging order of the
+source (``scripts.weights.record``), which a layout alone does not tell. Converting to research and back is
 exact; the research file's final ``norm`` has no counterpart here and is dropped by ``to_bundle``.
 """
 
@@ -15,6 +16,7 @@ import torch
 
 from scripts.atomic_files import atomic_path
 from scripts.weights.formats import ENCODER_PREFIX, detect_format, flat_tensors, read_checkpoint, to_swinunetr_names
+from scripts.weights.record import converted_record, with_record
 
 
 def _encoder(src: str) -> dict:
@@ -33,14 +35,18 @@ def _save(state: dict, dst: str) -> None:
 
 
 def to_research(src: str, dst: str) -> None:
-    """Encoder of any supported file -> research ``model_swinvit.pt`` layout."""
+    """Encoder of any supported file -> research ``model_swinvit.pt`` layout (with the record of ``src``'s merging
+    order: the research layout alone would be read as pre-1.5 merging)."""
+    encoder = _encoder(src)
     research = {}
-    for key, value in _encoder(src).items():
+    for key, value in encoder.items():
         key = key[len(ENCODER_PREFIX) :].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
         research["module." + key] = value
-    _save({"state_dict": research}, dst)
+    _save({"state_dict": with_record(research, converted_record(src, encoder))}, dst)
 
 
 def to_bundle(src: str, dst: str) -> None:
-    """Encoder of any supported file -> flat ``swinViT.*`` state_dict."""
-    _save(_encoder(src), dst)
+    """Encoder of any supported file -> flat ``swinViT.*`` state_dict, recording the merging order ``src`` was
+    trained with (pre-1.5 for the paper's ``model_swinvit.pt``), which the bundle layout alone cannot tell."""
+    encoder = _encoder(src)
+    _save(with_record(encoder, converted_record(src, encoder)), dst)

@@ -23,6 +23,7 @@ import torch
 from monai.networks.nets.swin_unetr import filter_swinunetr
 
 from scripts.errors import InputError
+from scripts.options import choice
 
 ENCODER_PREFIX = "swinViT."
 FORMATS = ("auto", "bundle", "research_btcv", "research", "monai_ssl")
@@ -112,23 +113,31 @@ def to_swinunetr_names(tensors: dict, fmt: str) -> dict:
                 ENCODER_PREFIX + key.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
             ] = value
         return renamed
-    raise ValueError(f"unknown weight format {fmt!r}; choose one of {FORMATS}")
+    choice("weight format", fmt, FORMATS)
+    raise ValueError(f"unknown weight format {fmt!r}")
 
 
-def read_tensors(path: str, fmt: str = "auto") -> tuple[dict, str]:
-    """The tensors of the weight file at ``path``, unwrapped, and their format."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown weight format {fmt!r}; choose one of {FORMATS}")
+def read_weights(path: str, fmt: str = "auto") -> tuple[dict, str, dict | None]:
+    """The tensors of the weight file at ``path``, unwrapped, their format, and the file's record
+    (``scripts.weights.record``; None for files written elsewhere)."""
+    from scripts.weights.record import record_of
+
+    choice("weight format", fmt, FORMATS)
     try:
         state = read_checkpoint(path)
         tensors = flat_tensors(state)
         if fmt == "auto":
             fmt = "research_btcv" if "best_acc" in state else detect_format(tensors)
-        return tensors, fmt
+        return tensors, fmt, record_of(state)
     except WeightsError:
         raise
     except ValueError as e:
         raise WeightsError(f"{path}: {e}") from None
+
+
+def read_tensors(path: str, fmt: str = "auto") -> tuple[dict, str]:
+    """The tensors of the weight file at ``path``, unwrapped, and their format."""
+    return read_weights(path, fmt)[:2]
 
 
 def file_format(path: str, fmt: str = "auto") -> str:

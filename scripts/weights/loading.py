@@ -13,14 +13,15 @@ import torch
 import yaml
 
 from scripts.distributed import unwrap_model
+from scripts.options import choice
 from scripts.weights.formats import (
     ENCODER_PREFIX,
     LEGACY_FORMATS,
     WeightsError,
-    file_format,
-    read_tensors,
+    read_weights,
     to_swinunetr_names,
 )
+from scripts.weights.record import check_against
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,12 @@ def adapt_in_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def load_pretrained(
-    network: torch.nn.Module, path: str, fmt: str = "auto", part: str = "encoder", min_fraction: float = 1.0
+    network: torch.nn.Module,
+    path: str,
+    fmt: str = "auto",
+    part: str = "encoder",
+    min_fraction: float = 1.0,
+    expect: dict | None = None,
 ) -> int:
     """Load the weights at ``path`` into ``network`` (a ``SwinUNETR`` or ``SSLHead``); returns the count loaded.
 
@@ -54,13 +60,16 @@ def load_pretrained(
         min_fraction: fail unless at least this fraction of the target tensors is loaded (default:
             all of them), listing the ones missing or of another shape, rather than training on
             random weights without notice.
+        expect: the run's data settings (``spacing``, ``orientation``, ``intensity``, ``modality``), compared
+            with what the file records (``scripts.weights.record.check_against``): a network that does not
+            fit stops in one line, data settings that differ warn.
 
     Logs ``loaded N of M encoder|network tensors from <path> (<format>)`` and the names of skipped tensors.
     """
-    if part not in ("encoder", "all"):
-        raise ValueError(f"part must be 'encoder' or 'all', got {part!r}")
+    choice("pretrained_part", part, ("encoder", "all"))
     network = unwrap_model(network)
-    tensors, fmt = read_tensors(path, fmt)
+    tensors, fmt, record = read_weights(path, fmt)
+    check_against(path, record, network, part, expect)
     source = to_swinunetr_names(tensors, fmt)
     target = {k: v for k, v in network.state_dict().items() if part == "all" or k.startswith(ENCODER_PREFIX)}
     what = "encoder" if part == "encoder" else "network"
@@ -144,30 +153,33 @@ def listed_legacy_file(path: str) -> str | None:
     return None
 
 
-def patch_merging(path: str = "", fmt: str = "auto", choice: str = "auto"):
+def patch_merging(path: str = "", fmt: str = "auto", order: str = "auto"):
     """The ``downsample`` argument of ``SwinUNETR`` / ``SSLHead`` for weights at ``path``.
 
-    ``choice``: ``"merging"`` (MONAI's current order), ``"legacy"`` (pre-1.5 order, see
-    ``scripts.weights.legacy_merging``) or ``"auto"``: legacy for the formats released before MONAI 1.5
+    ``order``: ``"merging"`` (MONAI's current order), ``"legacy"`` (pre-1.5 order, see
+    ``scripts.weights.legacy_merging``) or ``"auto"``: the order the file records (every file this bundle
+    writes: ``scripts.weights.record``), else legacy for the formats released before MONAI 1.5
     (``research``, ``research_btcv``, ``monai_ssl``) and for a file ``large_files.yml`` lists under
     ``legacy_patch_merging`` (recognised by its hash: the model zoo's BTCV ``models/model.pt``), current
-    otherwise and when there is no file. Other flat state_dicts cannot tell when they were trained: set
-    ``"legacy"`` for bundle files fine-tuned with legacy merging.
+    otherwise and when there is no file.
     """
     from scripts.weights.legacy_merging import LegacyPatchMerging
 
-    if choice not in ("auto", "merging", "legacy"):
-        raise ValueError(f"patch_merging must be 'auto', 'merging' or 'legacy', got {choice!r}")
+    order = choice("patch_merging", order, ("auto", "merging", "legacy"))
     reason = ""
-    if choice == "auto":
+    if order == "auto":
         # no file (yet): the workflow reports it where it loads weights; the network can still be built
-        choice = "merging"
+        order = "merging"
         if path and os.path.isfile(path):
-            if file_format(path, fmt) in LEGACY_FORMATS:
-                choice = "legacy"
+            _, found, record = read_weights(path, fmt)
+            recorded = ((record or {}).get("network") or {}).get("patch_merging")
+            if recorded in ("merging", "legacy"):
+                order, reason = recorded, " (recorded in the file)"
+            elif found in LEGACY_FORMATS:
+                order = "legacy"
             elif listed := listed_legacy_file(path):
-                choice, reason = "legacy", f" (the {listed} listed in {LARGE_FILES})"
-    if choice == "legacy":
+                order, reason = "legacy", f" (the {listed} listed in {LARGE_FILES})"
+    if order == "legacy":
         logger.info(f"using MONAI's pre-1.5 3-D patch merging order{f' for {path}' if path else ''}{reason}")
         return LegacyPatchMerging
     return "merging"
