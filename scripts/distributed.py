@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from scripts.errors import InputError, ReportedError
+from scripts.options import choice
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,7 @@ def scaled_lr(learning_rate: float, global_batch: int, reference_batch: int, rul
     """Learning rate for a global batch of ``global_batch`` crops, given ``learning_rate`` tuned for
     ``reference_batch`` crops: unchanged (``"none"``), times the batch ratio (``"linear"``, Goyal et
     al. 2017) or times its square root (``"sqrt"``, common with Adam-type optimisers)."""
-    if rule not in LR_SCALING_RULES:
-        raise ValueError(f"lr_scaling must be one of {LR_SCALING_RULES}, got {rule!r}")
+    choice("lr_scaling", rule, LR_SCALING_RULES)
     if global_batch < 1 or reference_batch < 1:
         raise ValueError(f"batch sizes must be positive, got global {global_batch}, reference {reference_batch}")
     ratio = global_batch / reference_batch

@@ -136,7 +136,7 @@ def test_resume_true_with_nothing_to_resume_stops_and_auto_starts_afresh(tmp_pat
     with pytest.raises(ResumeError, match="--resume true but no complete checkpoint.*--resume auto"):
         resume_path(str(tmp_path), True)
     assert resume_path(str(tmp_path), "auto") is None
-    with pytest.raises(ValueError, match="resume 'maybe': choose true, false or auto"):
+    with pytest.raises(ValueError, match="resume 'maybe' is not a valid choice: use one of False, True, 'auto'"):
         resume_path(str(tmp_path), "maybe")
 
 

@@ -7,7 +7,7 @@ import torch
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
-from scripts.errors import ConfigError
+from scripts.options import choice
 
 
 class SSLHead(nn.Module):
@@ -44,9 +44,7 @@ class SSLHead(nn.Module):
     ):
         super().__init__()
         token_choice = {"paper": "reference"}.get(token_choice, token_choice)
-        if token_choice not in ("reference", "pool"):
-            raise ConfigError(f"token_choice must be 'reference' or 'pool', got {token_choice!r}")
-        self.token_choice = token_choice
+        self.token_choice = choice("token_choice", token_choice, ("reference", "pool"))
         # taking the encoder from SwinUNETR guarantees identical parameter names and defaults
         self.swinViT = SwinUNETR(
             in_channels=in_channels,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
-from scripts.errors import ConfigError
+from scripts.options import choice
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ def use_attention(network: nn.Module, kernel: str = "sdpa") -> nn.Module:
     (matrix path with gradients; its fused path without them when built with ``use_flash_attention``).
     Parameters are untouched, so checkpoints are the same either way. Returns ``network``.
     """
-    if kernel not in ATTENTION_KERNELS:
-        raise ConfigError(f"attention must be one of {ATTENTION_KERNELS}, got {kernel!r}")
+    choice("attention", kernel, ATTENTION_KERNELS)
     target = SDPAWindowAttention if kernel == "sdpa" else WindowAttention
     modules = [m for m in network.modules() if isinstance(m, WindowAttention)]
     for module in modules:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from scripts.errors import ConfigError
+from scripts.options import choice
 
 # the reference code's rot90(k, dims=(2, 3)) on a (C, H, W, D) sample: the y-z plane, about the x axis
 REFERENCE_ROTATION_AXES = (1, 2)
@@ -82,8 +83,7 @@ def mask(
         raise ValueError(
             f"need 0 <= max_fraction <= 1 and 0 < min_side < max_side <= 1, got {max_fraction}, {min_side}, {max_side}"
         )
-    if swap_source not in SWAP_SOURCES:
-        raise ConfigError(f"swap_source {swap_source!r}: choose one of {SWAP_SOURCES}")
+    choice("swap_source", swap_source, SWAP_SOURCES)
     out, fill = x.clone(), torch.zeros((x.shape[0], *x.shape[2:]), dtype=torch.uint8, device=x.device)
     spatial = tuple(x.shape[2:])
     for i in range(x.shape[0]):

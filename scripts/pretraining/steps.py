@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from ignite.metrics import Average
 
+from scripts.options import choice
 from scripts.pretraining.proxy_tasks import REFERENCE_ROTATION_AXES
 from scripts.pretraining.views import make_views
 
@@ -147,6 +148,5 @@ def crop_averages(keys: list[str]) -> dict:
 def key_metric_first(metrics: dict, key: str) -> dict:
     """``metrics`` reordered with ``key`` first: MONAI's evaluators take the first entry of
     ``key_val_metric`` as the one that selects the best model."""
-    if key not in metrics:
-        raise ValueError(f"val_key_metric {key!r} is not a validation metric; choose one of {sorted(metrics)}")
+    choice("val_key_metric", key, sorted(metrics))
     return {key: metrics[key], **{name: m for name, m in metrics.items() if name != key}}

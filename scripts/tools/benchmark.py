@@ -34,6 +34,7 @@ from scripts.atomic_files import atomic_path
 from scripts.errors import ConfigError
 from scripts.network.pretraining import SSLHead
 from scripts.network.speed import compile_network, use_attention
+from scripts.options import choice
 from scripts.pretraining.loss import SSLLoss
 from scripts.pretraining.steps import SSLTrainStep
 
@@ -173,8 +174,8 @@ def run(
         repeats, warmup: timed and untimed rounds (the first call of each variant, with its compilation and
             allocations, is reported apart); threads: torch CPU threads (default: torch's).
     """
-    if amp is not None and amp not in AMP_DTYPES:
-        raise ConfigError(f"amp must be None, 'fp16' or 'bf16', got {amp!r}")
+    if amp is not None:
+        choice("amp", amp, tuple(AMP_DTYPES))
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be at least 1 and warmup at least 0, got {repeats} and {warmup}")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)

@@ -21,6 +21,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from scripts.options import choice
+
 # task: (MSD modality, MSD labels, shape, spacing in mm)
 TASKS = {
     "brain_tumour": (
@@ -54,8 +56,7 @@ def _ellipsoid(shape, center, radii, rng, bump=0.12) -> np.ndarray:
 
 def generate_case(task: str, seed: int):
     """One case: ``(image (x, y, z[, c]) float32, label (x, y, z) uint8, affine)``; same seed, same case."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    choice("task", task, sorted(TASKS))
     _, _, shape, spacing = TASKS[task]
     rng = np.random.default_rng(seed)
     shape = np.asarray(shape)

@@ -13,7 +13,8 @@ from monai.handlers import CheckpointSaver
 
 from scripts.atomic_files import file_mode
 from scripts.distributed import unwrap_model
-from scripts.errors import ConfigError, ReportedError
+from scripts.errors import ReportedError
+from scripts.options import choice
 from scripts.training.guards import NonFiniteLossError
 from scripts.weights.formats import PickledWeightsError, WeightsError, read_checkpoint
 
@@ -98,8 +99,7 @@ def resume_path(state_dir: str, resume=False, network=None) -> str | None:
     """
     if isinstance(resume, str):  # the command line gives strings: --resume true
         resume = {"true": True, "false": False, "auto": "auto"}.get(resume.strip().lower(), resume)
-    if resume not in RESUME_CHOICES:
-        raise ConfigError(f"resume {resume!r}: choose true, false or auto")
+    choice("resume", resume, RESUME_CHOICES)
     if resume is False:
         return None
     found = []
