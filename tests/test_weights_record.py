@@ -108,6 +108,12 @@ def test_the_paper_merging_order_travels_from_its_encoder_to_inference_and_monai
     assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
     assert 'patch_merging legacy there, merging here (--patch_merging "legacy")' in wrong.stderr
 
+    # evaluation too: its network follows the record without a flag
+    scored = bundle_run(["train.json", "evaluate.json", "small.json"], {**common, "output_dir": tmp_path / "eval"})
+    assert "pre-1.5 3-D patch merging order for " + str(models / "model.pt") + " (recorded in the file)" in (
+        scored.stdout + scored.stderr
+    )
+
     # MONAI Label's own loading builds the legacy-order network from the record alone
     small = json.loads((ROOT / "configs" / "small.json").read_text())
     network = monai_label_network(models, {k: small[k] for k in ("feature_size", "window_size", "roi_size")})

@@ -52,24 +52,46 @@ def export(command, out, model: str) -> None:
     )
 
 
-@pytest.mark.slow
-def test_onnx_export_runs_in_onnx_runtime_like_pytorch(tmp_path, random_model):
-    ort = pytest.importorskip("onnxruntime", reason="pip install -r requirements-onnx.txt")
-    model = str(random_model / "model.pt")
-    out = tmp_path / "model.onnx"
-    shape = TRACE_SHAPE
-    export(onnx_export, out, model)
+def legacy_model(folder) -> str:
+    """A model.pt fine-tuned with the paper's (pre-1.5) merging order, which it records."""
     from monai.networks.nets import SwinUNETR
 
-    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, window_size=SMALL_WINDOW).eval()
+    from scripts.weights.legacy_merging import LegacyPatchMerging
+    from scripts.weights.record import WeightsRecord
+
+    torch.manual_seed(1)
+    net = SwinUNETR(1, 14, feature_size=12, window_size=SMALL_WINDOW, downsample=LegacyPatchMerging)
+    WeightsRecord(net, {}, output_dir=str(folder))
+    torch.save(net.state_dict(), folder / "model.pt")
+    return str(folder / "model.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["merging", "legacy"])
+def test_onnx_export_runs_in_onnx_runtime_like_pytorch_in_the_recorded_merging_order(tmp_path, random_model, order):
+    ort = pytest.importorskip("onnxruntime", reason="pip install -r requirements-onnx.txt")
+    from monai.networks.nets import SwinUNETR
+
+    from scripts.weights.legacy_merging import LegacyPatchMerging
+
+    model = str(random_model / "model.pt") if order == "merging" else legacy_model(tmp_path)
+    out = tmp_path / "model.onnx"
+    shape = TRACE_SHAPE
+    export(onnx_export, out, model)  # no merging flag: the file's record decides
+    net, other = (
+        SwinUNETR(1, 14, feature_size=12, window_size=SMALL_WINDOW, downsample=d).eval()
+        for d in ((LegacyPatchMerging, "merging") if order == "legacy" else ("merging", LegacyPatchMerging))
+    )
     net.load_state_dict(torch.load(model, weights_only=True))
+    other.load_state_dict(torch.load(model, weights_only=True))
     x = torch.rand(*shape)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (result,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
-        expected = net(x).numpy()
+        expected, wrong = net(x).numpy(), other(x).numpy()
     assert result.shape == expected.shape == (1, 14, 64, 64, 64)
     np.testing.assert_allclose(result, expected, rtol=1e-3, atol=1e-3)
+    assert not np.allclose(result, wrong, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize(
