@@ -226,3 +226,11 @@ def test_the_default_kernel_is_sdpa_on_cuda_and_monai_on_cpu(workflow):
         parser.read_config(configs(workflow))
         parser.update({"device": device})
         assert parser.get_parsed_content("attention") == expected
+
+
+def test_compile_from_the_command_line_means_what_it_says():
+    from scripts.network.speed import prepare_network
+
+    net = SwinUNETR(in_channels=1, out_channels=2, feature_size=12)
+    assert prepare_network(net, "cpu", "monai", "false")._compiled_call_impl is None  # the string, not truthy
+    assert prepare_network(net, "cpu", "monai", "true")._compiled_call_impl is not None  # compiled at first call

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
-from scripts.options import choice
+from scripts.options import choice, flag
 
 logger = logging.getLogger(__name__)
 
@@ -82,4 +82,4 @@ def prepare_network(network: nn.Module, device, attention: str = "sdpa", compile
     """The configs' ``network``: ``network_def`` with the chosen attention kernel, on ``device`` (a string or
     a ``torch.device``), compiled when asked."""
     network = use_attention(network, attention).to(torch.device(device))
-    return compile_network(network, enabled=compile)
+    return compile_network(network, enabled=flag("compile", compile))  # "--compile false" is a string
