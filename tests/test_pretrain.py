@@ -113,9 +113,12 @@ def test_resumed_pretraining_ends_with_the_same_weights_as_an_uninterrupted_run(
         "image_interval": k,
         "batch_size": 1,
         "num_samples": 1,
-        "ckpt_dir": tmp_path / "models",
     }
-    bundle_run(["pretrain.json", "small_pretrain.json"], {**common, "output_dir": tmp_path / "straight"})
+    bundle_run(
+        ["pretrain.json", "small_pretrain.json"],
+        {**common, "output_dir": tmp_path / "straight", "ckpt_dir": tmp_path / "straight_models"},
+    )
+    common["ckpt_dir"] = tmp_path / "models"  # each run family its own ssl_encoder.pt
     # stop after k iterations (one epoch of k), then resume with the unchanged run length
     bundle_run(
         ["pretrain.json", "small_pretrain.json"],

@@ -1,6 +1,6 @@
-"""Weights that carry their settings (scripts.weights.record): what every written file records and that it stays a
-plain state_dict; the paper's patch-merging order travelling from its encoder to inference and MONAI Label without
-a flag; loading checks; no silent overwrite; the weights_info command; option values checked one way."""
+"""Weights that carry their settings (scripts.weights.record and .writing): what each written file records, that
+it stays a plain state_dict, the paper's patch-merging order travelling from its encoder to inference and MONAI
+Label without a flag, loading checks, no silent overwrite, the weights_info command, option values checked one way."""
 
 import json
 import logging
@@ -15,10 +15,10 @@ from test_weights import encoder_of, research_layout, small_net
 
 from scripts.errors import ConfigError
 from scripts.options import choice, flag
-from scripts.weights.formats import WeightsError
+from scripts.weights.formats import WeightsError, record_of
 from scripts.weights.legacy_merging import LegacyPatchMerging
 from scripts.weights.loading import load_pretrained
-from scripts.weights.record import WeightsRecord, record_of, refuse_overwrite
+from scripts.weights.writing import WeightsRecord, refuse_overwrite
 
 from conftest import FAST, PRETRAIN_ITERATIONS, ROOT, SMALL_WINDOW, TRAIN_EPOCHS, bundle_run, configs
 

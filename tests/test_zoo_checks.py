@@ -57,7 +57,7 @@ def legacy_model(folder) -> str:
     from monai.networks.nets import SwinUNETR
 
     from scripts.weights.legacy_merging import LegacyPatchMerging
-    from scripts.weights.record import WeightsRecord
+    from scripts.weights.writing import WeightsRecord
 
     torch.manual_seed(1)
     net = SwinUNETR(1, 14, feature_size=12, window_size=SMALL_WINDOW, downsample=LegacyPatchMerging)

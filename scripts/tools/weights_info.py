@@ -15,32 +15,14 @@ import fire
 from scripts.errors import install_error_hook
 from scripts.options import flag
 from scripts.weights.formats import read_weights, to_swinunetr_names
-from scripts.weights.loading import LARGE_FILES, listed_legacy_file
+from scripts.weights.loading import trained_merging_order
 from scripts.weights.record import inferred_network, sha256
-
-MERGING_REASONS = {
-    "record": "recorded in the file",
-    "format": "the {fmt} layout was released before MONAI 1.5",
-    "listed": "listed in " + LARGE_FILES,
-    "default": "nothing says otherwise: MONAI's current order",
-}
 
 
 def describe(path: str) -> dict:
     """The file's format, record, inferred network and the merging order the workflows will use, with why."""
-    from scripts.weights.formats import LEGACY_FORMATS
-
     tensors, fmt, record = read_weights(path)
-    named = to_swinunetr_names(tensors, fmt)
-    recorded = ((record or {}).get("network") or {}).get("patch_merging")
-    if recorded:
-        order, why = recorded, "record"
-    elif fmt in LEGACY_FORMATS:
-        order, why = "legacy", "format"
-    elif listed_legacy_file(path):
-        order, why = "legacy", "listed"
-    else:
-        order, why = "merging", "default"
+    order, why = trained_merging_order(path, fmt)
     return {
         "path": os.path.abspath(path),
         "size_mb": round(os.path.getsize(path) / 2**20, 1),
@@ -49,8 +31,8 @@ def describe(path: str) -> dict:
         "tensors": len(tensors),
         "parameters": int(sum(t.numel() for t in tensors.values())),
         "patch_merging": order,
-        "patch_merging_reason": MERGING_REASONS[why].format(fmt=fmt),
-        "inferred_network": inferred_network(named),
+        "patch_merging_reason": why,
+        "inferred_network": inferred_network(to_swinunetr_names(tensors, fmt)),
         "record": record,
     }
 
@@ -76,7 +58,7 @@ def _lines(info: dict) -> list[str]:
     return lines
 
 
-def main(path: str, as_json=False) -> None:
+def print_info(path: str, as_json=False) -> None:
     """Print the description of the weight file at ``path`` (as JSON with ``--as_json true``)."""
     info = describe(path)
     print(json.dumps(info, indent=2) if flag("as_json", as_json) else "\n".join(_lines(info)))
@@ -84,4 +66,4 @@ def main(path: str, as_json=False) -> None:
 
 if __name__ == "__main__":
     install_error_hook(command=True)
-    fire.Fire(main)
+    fire.Fire(print_info)

@@ -16,7 +16,8 @@ import torch
 
 from scripts.atomic_files import atomic_path
 from scripts.weights.formats import ENCODER_PREFIX, detect_format, flat_tensors, read_checkpoint, to_swinunetr_names
-from scripts.weights.record import converted_record, with_record
+from scripts.weights.record import with_record
+from scripts.weights.writing import converted_record
 
 
 def _encoder(src: str) -> dict:

@@ -30,6 +30,9 @@ FORMATS = ("auto", "bundle", "research_btcv", "research", "monai_ssl")
 LEGACY_FORMATS = ("research_btcv", "research", "monai_ssl")  # trained before MONAI 1.5 changed the 3-D patch merging
 
 
+RECORD_KEY = "swin_ssl_bundle.record"  # a key of state_dict._metadata that names no module
+
+
 class WeightsError(InputError):
     """A weight file that cannot be used; the message names the file (printed as one line by the workflows)."""
 
@@ -67,6 +70,19 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict:
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state_dict (dict of tensors), got {type(state).__name__}")
     return state
+
+
+def record_of(state) -> dict | None:
+    """The record inside a loaded checkpoint (flat state_dict, or one nested under ``model`` / ``state_dict`` /
+    ``network`` / ``encoder``), or None for files written elsewhere."""
+    for _ in range(4):
+        if not isinstance(state, dict):
+            return None
+        found = (getattr(state, "_metadata", None) or {}).get(RECORD_KEY)
+        if isinstance(found, dict):
+            return found
+        state = next((state[k] for k in ("model", "state_dict", "network", "encoder") if k in state), None)
+    return None
 
 
 def flat_tensors(state: dict) -> dict:
@@ -120,8 +136,6 @@ def to_swinunetr_names(tensors: dict, fmt: str) -> dict:
 def read_weights(path: str, fmt: str = "auto") -> tuple[dict, str, dict | None]:
     """The tensors of the weight file at ``path``, unwrapped, their format, and the file's record
     (``scripts.weights.record``; None for files written elsewhere)."""
-    from scripts.weights.record import record_of
-
     choice("weight format", fmt, FORMATS)
     try:
         state = read_checkpoint(path)

@@ -153,32 +153,40 @@ def listed_legacy_file(path: str) -> str | None:
     return None
 
 
+def trained_merging_order(path: str, fmt: str = "auto") -> tuple[str, str]:
+    """The patch-merging order the weights at ``path`` were trained with, and why: ``("legacy" | "merging",
+    reason)``. In order of precedence: the order the file records (every file this bundle writes:
+    ``scripts.weights.record``); legacy for the formats released before MONAI 1.5 (``research``,
+    ``research_btcv``, ``monai_ssl``) and for a file ``large_files.yml`` lists under ``legacy_patch_merging``
+    (recognised by its hash: the model zoo's BTCV ``models/model.pt``); current otherwise and when there is no
+    file (the workflow reports a missing file where it loads weights; the network can still be built)."""
+    if not path or not os.path.isfile(path):
+        return "merging", "no weight file"
+    _, found, record = read_weights(path, fmt)
+    recorded = ((record or {}).get("network") or {}).get("patch_merging")
+    if recorded in ("merging", "legacy"):
+        return recorded, "recorded in the file"
+    if found in LEGACY_FORMATS:
+        return "legacy", f"the {found} layout was released before MONAI 1.5"
+    if listed := listed_legacy_file(path):
+        return "legacy", f"the {listed} listed in {LARGE_FILES}"
+    return "merging", "nothing says otherwise: MONAI's current order"
+
+
 def patch_merging(path: str = "", fmt: str = "auto", order: str = "auto"):
     """The ``downsample`` argument of ``SwinUNETR`` / ``SSLHead`` for weights at ``path``.
 
     ``order``: ``"merging"`` (MONAI's current order), ``"legacy"`` (pre-1.5 order, see
-    ``scripts.weights.legacy_merging``) or ``"auto"``: the order the file records (every file this bundle
-    writes: ``scripts.weights.record``), else legacy for the formats released before MONAI 1.5
-    (``research``, ``research_btcv``, ``monai_ssl``) and for a file ``large_files.yml`` lists under
-    ``legacy_patch_merging`` (recognised by its hash: the model zoo's BTCV ``models/model.pt``), current
-    otherwise and when there is no file.
+    ``scripts.weights.legacy_merging``) or ``"auto"``: the order the weights were trained with
+    (``trained_merging_order``).
     """
     from scripts.weights.legacy_merging import LegacyPatchMerging
 
     order = choice("patch_merging", order, ("auto", "merging", "legacy"))
     reason = ""
     if order == "auto":
-        # no file (yet): the workflow reports it where it loads weights; the network can still be built
-        order = "merging"
-        if path and os.path.isfile(path):
-            _, found, record = read_weights(path, fmt)
-            recorded = ((record or {}).get("network") or {}).get("patch_merging")
-            if recorded in ("merging", "legacy"):
-                order, reason = recorded, " (recorded in the file)"
-            elif found in LEGACY_FORMATS:
-                order = "legacy"
-            elif listed := listed_legacy_file(path):
-                order, reason = "legacy", f" (the {listed} listed in {LARGE_FILES})"
+        order, why = trained_merging_order(path, fmt)
+        reason = f" ({why})"
     if order == "legacy":
         logger.info(f"using MONAI's pre-1.5 3-D patch merging order{f' for {path}' if path else ''}{reason}")
         return LegacyPatchMerging
