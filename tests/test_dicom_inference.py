@@ -123,3 +123,18 @@ def test_a_datalist_image_may_be_a_dicom_series_folder_read_through_its_conversi
     np.testing.assert_array_equal(np.asarray(nib.load(item["image"]).dataobj), volume)
     with pytest.raises(InputError, match="flipped.nii.gz: affine differs from image .*case1.nii.gz"):
         checked_datalist(str(datalist), "training", str(tmp_path / "data"), label_names=[str(v) for v in range(14)])
+
+
+def test_a_conversion_is_reused_only_for_the_same_series_never_for_another_patient_on_the_same_grid(tmp_path):
+    first, second = hu_volume(seed=1), hu_volume(seed=2)
+    write_series(tmp_path / "run1" / "CT", first)  # same folder name, same geometry, another patient's data
+    write_series(tmp_path / "run2" / "CT", second)
+    out = tmp_path / "out"
+    InferenceBatch(str(tmp_path / "run1"), output_dir=str(out))
+    converted = out / "dicom_images" / "CT.nii.gz"
+    assert np.array_equal(nib.load(converted).get_fdata(), first)
+    written = converted.stat().st_mtime_ns
+    InferenceBatch(str(tmp_path / "run1"), output_dir=str(out))  # the same series again: reused, not rewritten
+    assert converted.stat().st_mtime_ns == written
+    InferenceBatch(str(tmp_path / "run2"), output_dir=str(out))
+    assert np.array_equal(nib.load(converted).get_fdata(), second)

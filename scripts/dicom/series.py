@@ -264,18 +264,43 @@ def read_volume(series: Series) -> np.ndarray:
     return out
 
 
-def nifti_image(volume: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    """int16 NIfTI with the affine as both sform and qform (scanner coordinates), units mm."""
+def series_key(series: Series) -> str:
+    """Identity of a series' data: its instance UIDs and file sizes, or, when a slice has no SOPInstanceUID (an
+    anonymiser blanked it), the bytes of its files. Two patients' series on one grid never share a key."""
+    digest = hashlib.sha1(series.uid.encode())
+    for s in series.slices:
+        if s.sop_uid:
+            digest.update(f"{s.sop_uid}:{os.path.getsize(s.path)}".encode())
+        else:
+            with open(s.path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def file_key(path: str) -> str:
+    """Identity of a single volume file's data: its real path, size and modification time."""
+    stat = os.stat(path)
+    return hashlib.sha1(f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+
+
+KEY_PREFIX = "source "  # NIfTI descrip (80 bytes): "source <sha1>" of the data it was converted from
+
+
+def nifti_image(volume: np.ndarray, affine: np.ndarray, key: str = "") -> nib.Nifti1Image:
+    """int16 NIfTI with the affine as both sform and qform (scanner coordinates), units mm, and ``key`` (the
+    source's identity) in its description, which decides whether a later run may reuse it."""
     img = nib.Nifti1Image(volume, affine)
     img.header.set_xyzt_units("mm")
+    if key:
+        img.header["descrip"] = (KEY_PREFIX + key).encode()
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     return img
 
 
-def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str) -> None:
+def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str, key: str = "") -> None:
     with atomic_path(path) as tmp:
-        nib.save(nifti_image(volume, affine), tmp)
+        nib.save(nifti_image(volume, affine, key), tmp)
 
 
 def content_hash(volume: np.ndarray, affine: np.ndarray) -> str:
@@ -285,12 +310,16 @@ def content_hash(volume: np.ndarray, affine: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def verified(path: str, shape, affine: np.ndarray) -> np.ndarray | None:
-    """The voxels of an earlier output when it reads fully and has the expected grid, else None."""
+def verified(path: str, shape, affine: np.ndarray, key: str) -> np.ndarray | None:
+    """The voxels of an earlier output when it was converted from the same data (``key``: ``series_key`` or
+    ``file_key``), reads fully and has the expected grid, else None. The grid alone is not enough: another
+    patient's scan on the same grid must never be taken for this one."""
     if not os.path.isfile(path):
         return None
     try:
         img = nib.load(path)
+        if img.header["descrip"].item().decode(errors="replace") != KEY_PREFIX + key:
+            return None
         data = np.asarray(img.dataobj)
     except Exception:  # truncated or damaged: converted again
         return None
@@ -336,8 +365,9 @@ def series_to_nifti(folder: str, path: str, min_slices: int = 1, spacing_toleran
             f"DICOM folder {folder}: {len(volumes)} CT volume series ({shown}); give each series its own folder"
         )
     chosen = volumes[0]
-    if verified(path, chosen.geometry["shape"], chosen.geometry["affine"]) is None:
-        save_nifti(read_volume(chosen), chosen.geometry["affine"], path)
+    key = series_key(chosen)
+    if verified(path, chosen.geometry["shape"], chosen.geometry["affine"], key) is None:
+        save_nifti(read_volume(chosen), chosen.geometry["affine"], path, key)
     return chosen
 
 

@@ -45,10 +45,12 @@ from scripts.dicom.series import (
     Series,
     check_series,
     content_hash,
+    file_key,
     group_series,
     read_header,
     read_volume,
     save_nifti,
+    series_key,
     verified,
 )
 from scripts.errors import InputError, install_error_hook, one_line
@@ -199,12 +201,13 @@ def _convert(task: Task, output_dir: str, min_slices: int) -> tuple[dict, str]:
                 return _row(task, "skipped", f"too few slices: {shape[2]} (min_slices={min_slices})", shape), ""
             notes = []
         spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
-        volume = verified(out, shape, affine)
+        key = series_key(task.series) if task.series is not None else file_key(task.source)
+        volume = verified(out, shape, affine, key)
         if volume is not None:
             notes.insert(0, "already converted")
         else:
             volume = read_volume(task.series) if task.series is not None else _read_file(task.source, shape)
-            save_nifti(volume, affine, out)
+            save_nifti(volume, affine, out, key)
         if warning := ct_warning(out, volume):
             notes.append(warning.split(": ", 1)[1])
         return _row(task, "kept", "", shape, spacing, "; ".join(notes)), content_hash(volume, affine)
