@@ -138,3 +138,20 @@ def test_a_conversion_is_reused_only_for_the_same_series_never_for_another_patie
     assert converted.stat().st_mtime_ns == written
     InferenceBatch(str(tmp_path / "run2"), output_dir=str(out))
     assert np.array_equal(nib.load(converted).get_fdata(), second)
+
+
+def test_dicom_seg_segments_are_named_by_the_task_classes_not_btcv(tmp_path):
+    write_series(tmp_path / "in" / "liver_ct", hu_volume(seed=4))
+    out = tmp_path / "out"
+    batch = InferenceBatch(
+        str(tmp_path / "in"), output_dir=str(out), dicom_seg=True, class_names=["background", "liver", "cancer"]
+    )
+    (converted,) = [item["image"] for item in batch.items]
+    labels = np.zeros((10, 8, 6), np.uint8)
+    labels[2:6, 2:5, 1:4], labels[3:4, 3:4, 2:3] = 1, 2  # what the network would write for this case
+    img = nib.load(converted)
+    nib.save(nib.Nifti1Image(labels, img.affine), out / "liver_ct_seg.nii.gz")
+    batch.done.add(converted)
+    batch.finish()
+    ds = pydicom.dcmread(out / "liver_ct_seg.dcm")
+    assert [s.SegmentLabel for s in ds.SegmentSequence] == ["liver", "cancer"]  # BTCV would say spleen, kidney

@@ -60,8 +60,11 @@ class InferenceBatch:
         postfix: str = "seg",
         geometry: Geometry | None = None,
         dicom_seg: bool = False,
+        class_names=None,
     ):
         self.output_dir, self.postfix, self.dicom_seg = output_dir, postfix, flag("dicom_seg", dicom_seg)
+        # DICOM SEG segment names: the task's own classes (label value -> name), not BTCV's
+        self.names = dict(enumerate(class_names)) if class_names else None
         images = self._images(dataset_dir, datalist, key)
         self._refuse_overwrites(images, dataset_dir if not datalist else None, postfix)
         check_writable(output_dir)
@@ -185,7 +188,7 @@ class InferenceBatch:
                 continue  # its failure is already recorded
             labels = output_path(converted, self.output_dir, self.postfix)
             try:
-                write_dicom_seg(labels, series, labels[: -len(".nii.gz")] + ".dcm")
+                write_dicom_seg(labels, series, labels[: -len(".nii.gz")] + ".dcm", names=self.names)
             except Exception as e:  # one series' SEG failing leaves the others and the NIfTI maps
                 self._record(f"DICOM SEG of {series.folder}: {one_line(e)}")
 
