@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ast
 import difflib
+import glob
 import importlib
+import inspect
+import os
 import pkgutil
 import sys
 import types
@@ -34,6 +37,57 @@ RUN_ARGUMENTS = (
 TRACKING_IDS = ("output_dir", "tracking_uri", "experiment_name", "run_name", "save_execute_config")
 # ids of earlier versions -> their names now (an old command line is refused, naming the new id)
 RENAMED_IDS = {"num_classes": "out_channels", "checkpoint_dir": "state_dir", "batch": "cases"}
+# keys of config files that document rather than configure
+DOCUMENTATION_KEYS = ("_desc_", "sources", "_meta_", "_requires_")
+# words MONAI's command line keeps as strings -> what the user meant
+LITERAL_WORDS = {"false": "False", "null": "None", "none": "None"}
+
+
+def bundle_configs() -> list[str]:
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    return sorted(glob.glob(os.path.join(root, "*.json")) + glob.glob(os.path.join(root, "tasks", "*.json")))
+
+
+def _is_int(v, low=1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _triple(v, item) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 3 and all(item(x) for x in v)
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+# common ids given on the command line: (check, what is wanted)
+ID_RULES = {
+    "feature_size": (lambda v: _is_int(v) and v % 12 == 0, "a positive multiple of 12 (Swin UNETR's heads; 12/24/48)"),
+    "window_size": (_is_int, "a positive integer (the paper's 7)"),
+    "pixdim": (lambda v: _triple(v, _positive), "three positive spacings in mm, e.g. [1.5,1.5,2.0]"),
+    "roi_size": (
+        lambda v: _triple(v, lambda x: _is_int(x, 32) and x % 32 == 0),
+        "three multiples of 32, e.g. [96,96,96] (Swin UNETR halves each side five times)",
+    ),
+    "num_workers": (lambda v: _is_int(v, 0), "0 or more worker processes"),
+    "learning_rate": (_positive, "a positive number"),
+    "sw_overlap": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "label_fraction": (lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "a fraction in (0, 1]"),
+    **{
+        name: (_is_int, "a positive integer")
+        for name in (
+            "batch_size",
+            "num_samples",
+            "sw_batch_size",
+            "max_epochs",
+            "max_iterations",
+            "val_interval",
+            "ckpt_interval",
+            "in_channels",
+            "out_channels",
+        )
+    },
+}
 
 
 def adopt(names: dict) -> None:
@@ -100,9 +154,103 @@ def unknown_ids(argv: list[str]) -> list[str]:
     return problems
 
 
+def unknown_nested_ids(argv: list[str]) -> list[str]:
+    """One message per nested id (``network_def#feature_sise``) whose parent exists but which does not: MONAI would
+    add it silently, or fail deep in instantiation."""
+    value = _option_value(argv, "config_file")
+    if value is None:
+        return []
+    parser = ConfigParser()
+    parser.read_config(config_files(value))
+    problems = []
+    for name in _option_names(argv):
+        if "#" not in name or name in parser:
+            continue
+        parent, leaf = name.rsplit("#", 1)
+        siblings = parser[parent] if parent in parser else None
+        if not isinstance(siblings, dict):  # list indices, or a parent that is itself unknown (reported above)
+            continue
+        accepted = _arguments(siblings.get("_target_"))
+        if accepted is None or leaf in accepted:  # a new keyword argument of the component: legitimate
+            continue
+        close = difflib.get_close_matches(leaf, sorted(set(siblings) | accepted), n=1, cutoff=0.6)
+        problems.append(f"unknown id '{name}'" + (f" (did you mean '{parent}#{close[0]}'?)" if close else ""))
+    return problems
+
+
+def _arguments(target) -> set | None:
+    """Keyword arguments the config component ``target`` accepts; None when any are (``**kwargs``), or unknown."""
+    if not isinstance(target, str) or target.startswith("$"):
+        return set() if target is None else None
+    from monai.bundle.config_item import ComponentLocator
+    from monai.utils.module import locate
+
+    try:
+        module = ComponentLocator().get_component_module_name(target)  # a MONAI name's module, e.g. SwinUNETR
+        component = locate(f"{module}.{target}" if isinstance(module, str) else target)
+        parameters = inspect.signature(component).parameters.values()
+    except Exception:  # a target MONAI resolves some other way: do not guess
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters}
+
+
+def overlay_typos(argv: list[str]) -> list[str]:
+    """Keys of the ``--config_file`` files that no config of the bundle has (a preset or overlay with a misspelled
+    key, which would be added unused while the run takes the default)."""
+    value = _option_value(argv, "config_file")
+    if value is None:
+        return []
+    known = set(TRACKING_IDS) | set(DOCUMENTATION_KEYS)
+    for path in bundle_configs():
+        known |= {key.split("#", 1)[0] for key in ConfigParser.load_config_file(path)}
+    problems = []
+    for path in config_files(value):
+        for key in ConfigParser.load_config_file(path):
+            top = key.split("#", 1)[0]
+            if top not in known:
+                close = difflib.get_close_matches(top, sorted(known), n=1, cutoff=0.6)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                problems.append(f"{path}: unknown id '{top}'{hint}")
+    return problems
+
+
+def literal_problems(argv: list[str]) -> list[str]:
+    """``--id false`` / ``--id null`` reach the config as the strings 'false' and 'null' (MONAI's command line
+    keeps words it cannot read as Python literals): 'false' counts as true, 'null' is not None."""
+    problems = []
+    for name in _option_names(argv):
+        value = _option_value(argv, name)
+        if isinstance(value, str) and value.strip().lower() in LITERAL_WORDS and value.strip() not in ("False", "None"):
+            word = LITERAL_WORDS[value.strip().lower()]
+            problems.append(f"--{name} {value} is the string {value!r}, not {word}: write --{name} {word}")
+    return problems
+
+
+def value_problems(argv: list[str]) -> list[str]:
+    """Type and range of the common ids given on the command line (``ID_RULES``), one message each."""
+    problems = []
+    for name in _option_names(argv):
+        rule = ID_RULES.get(name)
+        raw = _option_value(argv, name)
+        if rule is None or raw is None:
+            continue
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        check, wanted = rule
+        if not check(value):
+            problems.append(f"--{name} {raw}: {wanted}")
+    return problems
+
+
 def check_command_line(argv: list[str] | None = None) -> None:
-    """Stop before any work when the command line sets an id that no config of the run knows (a typo there
-    would otherwise be added as a new, unused id and the run would go on with the default)."""
+    """Stop before any work, in one line, when the command line sets an id that no config of the run knows (a typo
+    there would otherwise be added as a new, unused id and the run would go on with the default), a nested id
+    that does not exist, an overlay key that no bundle config has, ``false`` / ``null`` words that MONAI keeps as
+    strings, or a common id out of its type or range."""
     if argv is None:
         if not running_as_command():
             return
@@ -112,3 +260,6 @@ def check_command_line(argv: list[str] | None = None) -> None:
         raise ConfigError(
             "; ".join(problems) + ": not an id of the given configs (docs/defaults.md lists the ids of each workflow)"
         )
+    problems = unknown_nested_ids(argv) + overlay_typos(argv) + literal_problems(argv) + value_problems(argv)
+    if problems:
+        raise ConfigError("; ".join(problems))

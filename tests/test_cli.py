@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -107,3 +108,52 @@ def test_from_another_folder_inference_segments_with_bundle_root(tmp_path, phant
     (image,) = (phantoms / "imagesTs").glob("*.nii.gz")
     assert nib.load(str(seg)).shape == nib.load(str(image)).shape
     assert os.listdir(elsewhere) == []  # nothing written where the command was run
+
+
+def test_false_and_null_words_are_refused_naming_the_python_literal_to_write():
+    """MONAI's command line keeps them as strings: 'false' would count as true, 'null' is not None."""
+    with pytest.raises(
+        ConfigError, match=r"--dicom_seg false is the string 'false', not False: write --dicom_seg False"
+    ):
+        check_command_line(argv("inference.json", dicom_seg="false"))
+    with pytest.raises(ConfigError, match=r"--fold null is the string 'null', not None: write --fold None"):
+        check_command_line(argv("train.json", fold="null"))
+    check_command_line(argv("train.json", fold="None", resume="True", class_weights="None"))
+
+
+@pytest.mark.parametrize(
+    "name, value, wanted",
+    [
+        ("pixdim", "[1.5,1.5]", "three positive spacings in mm"),
+        ("feature_size", "13", "a positive multiple of 12"),
+        ("num_workers", "-1", "0 or more worker processes"),
+        ("roi_size", "[96,96,100]", "three multiples of 32"),
+        ("max_epochs", "ten", "a positive integer"),
+        ("sw_overlap", "1.0", "a fraction in [0, 1)"),
+    ],
+)
+def test_common_ids_out_of_type_or_range_stop_in_one_line(name, value, wanted):
+    with pytest.raises(ConfigError, match=rf"^--{name} {re.escape(value)}: {re.escape(wanted)}"):
+        check_command_line(argv("train.json", **{name: value}))
+    check_command_line(
+        argv("train.json", pixdim="[1.5,1.5,2.0]", feature_size=24, num_workers=0, roi_size="[64,64,96]")
+    )
+
+
+def test_a_misspelled_nested_id_is_named_with_its_closest_sibling():
+    with pytest.raises(
+        ConfigError, match=r"unknown id 'network_def#feature_sise' \(did you mean 'network_def#feature_size'\?\)"
+    ):
+        check_command_line(argv("inference.json", **{"network_def#feature_sise": 12}))
+    check_command_line(argv("train.json", **{"train#trainer#max_epochs": 1, "validate#inferer#progress": 0}))
+
+
+def test_an_overlay_with_a_misspelled_key_is_refused_like_a_command_line_typo(tmp_path):
+    preset = tmp_path / "my_task.json"
+    preset.write_text('{"out_channels": 3, "pixdmi": [1.0, 1.0, 1.0]}')
+    with pytest.raises(
+        ConfigError, match=rf"{re.escape(str(preset))}: unknown id 'pixdmi' \(did you mean 'pixdim'\?\)"
+    ):
+        check_command_line(["run", "--config_file", str([*configs("train.json"), str(preset)])])
+    for task in sorted((ROOT / "configs" / "tasks").glob("*.json")):  # every shipped preset is clean
+        check_command_line(["run", "--config_file", str([*configs("train.json", "small.json"), str(task)])])
