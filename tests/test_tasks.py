@@ -391,3 +391,18 @@ def test_a_datalist_of_the_presets_own_task_is_accepted(tmp_path, task, preset):
     write_task_phantoms(str(tmp_path), task, num_train=2, num_val=1, num_test=0)
     parser = parsed(preset, "train.json", dataset_dir=str(tmp_path), datalist=str(tmp_path / "dataset.json"))
     assert len(parser.get_parsed_content("train#data")) == 2
+
+
+@pytest.mark.parametrize("task", sorted(p.stem for p in (ROOT / "configs" / "tasks").glob("*.json")))
+def test_every_task_preset_computes_its_loss_with_the_cpu_overlay(task):
+    """configs/small.json's class weights are BTCV's 14: other tasks train unweighted instead of failing."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([*configs("train.json", "small.json"), str(ROOT / "configs" / "tasks" / f"{task}.json")])
+    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')"})
+    loss, channels = parser.get_parsed_content("loss"), parser.get_parsed_content("out_channels")
+    pred = torch.rand(1, channels, 8, 8, 8)
+    multi = parser.get_parsed_content("multi_label")
+    label = (torch.rand(1, channels, 8, 8, 8) > 0.5).float() if multi else torch.randint(0, channels, (1, 1, 8, 8, 8))
+    assert torch.isfinite(loss(pred, label))
