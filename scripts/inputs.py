@@ -187,6 +187,10 @@ def check_case(
             raise InputError(f"{key} {item[key]}: {problem}")
     if "image" in loaded:
         img, data = loaded["image"]
+        if geometry.modality != "CT" and (problem := constant_channels(data)):
+            # z-scoring divides by the spread and the foreground crop needs non-zero voxels: both fail on a blank
+            # sequence deep in training; a blank CT still crops and scales (its labels say where)
+            raise InputError(f"image {item['image']}: {problem}")
         ct = ct_warning(item["image"], data) if geometry.modality == "CT" else None
         for warning in (ct, geometry.warning(img.affine)):
             if warning and not warning.startswith("image "):
@@ -214,6 +218,19 @@ def check_case(
             raise InputError(
                 f"label {item['label']}: values {bad[:10].tolist()} outside the task's classes 0..{label_values - 1}"
             )
+
+
+def constant_channels(data: np.ndarray) -> str | None:
+    """Why an image (x, y, z[, c]) is unusable because a channel holds one value everywhere, or None."""
+    channels = data.reshape(*data.shape[:3], -1)
+    flat = [channels[..., c] for c in range(channels.shape[-1])]
+    constant = [c for c, values in enumerate(flat) if values.min() == values.max()]
+    if not constant:
+        return None
+    value = float(flat[constant[0]].flat[0])
+    if channels.shape[-1] == 1:
+        return f"constant image (every voxel {value:g}): an empty or blank volume"
+    return f"constant channel(s) {constant} (channel {constant[0]}: every voxel {value:g}): an empty or blank sequence"
 
 
 def missing(path: str, what: str) -> str:

@@ -161,6 +161,23 @@ def test_multi_channel_images_are_read_as_their_task_expects(tmp_path):
         check_case(item, ("image", "label"), 3, geometry=Geometry(channels=4, modality="MRI"))
 
 
+def test_a_blank_volume_or_sequence_is_refused_up_front_naming_the_file(tmp_path):
+    """A constant channel would stop training in the crop sampler (no foreground) or divide by a zero spread."""
+    image, label, affine = generate_case("brain_tumour", 0)
+    image[..., 2] = 0  # an all-zero T1gd, as a failed export leaves it
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "blank_t1gd.nii.gz")
+    with pytest.raises(
+        InputError, match=r"image .*blank_t1gd.nii.gz: constant channel\(s\) \[2\] \(channel 2: every voxel 0\)"
+    ):
+        check_case({"image": str(tmp_path / "blank_t1gd.nii.gz")}, geometry=Geometry(channels=4, modality="MRI"))
+    nib.save(nib.Nifti1Image(np.full((20, 20, 10), 7.0, np.float32), affine), tmp_path / "flat.nii.gz")
+    with pytest.raises(InputError, match=r"flat.nii.gz: constant image \(every voxel 7\)"):
+        check_case({"image": str(tmp_path / "flat.nii.gz")}, geometry=Geometry(modality="MRI"))
+    image[..., 2] = 1 + image[..., 1]  # any spread at all is usable
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "ok.nii.gz")
+    check_case({"image": str(tmp_path / "ok.nii.gz")}, geometry=Geometry(channels=4, modality="MRI"))
+
+
 def test_check_data_takes_the_tasks_channels_and_modality(tmp_path, capsys):
     from scripts.tools.check_data import check
 
