@@ -40,6 +40,30 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
+BUNDLE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLE_FOLDERS = ("configs", "scripts", "tests", "docs", "bin", "models")
+
+
+def refuse_bundle_folder(folder: str, what: str = "out_dir") -> str:
+    """``folder``, unless it is the bundle root or one of its own folders (configs, scripts, models, ...): a tool's
+    output there would replace the bundle's configs or its model. ConfigError in one line."""
+    from scripts.errors import ConfigError
+
+    real = os.path.realpath(folder)
+    own = [os.path.realpath(BUNDLE_ROOT)] + [os.path.realpath(os.path.join(BUNDLE_ROOT, f)) for f in BUNDLE_FOLDERS]
+    if any(real == o or (o != own[0] and real.startswith(o + os.sep)) for o in own):
+        raise ConfigError(
+            f"{what} {folder}: is the bundle's own folder; its files (configs, models) would be replaced: give a "
+            f"folder of its own, e.g. under runs/"
+        )
+    return folder
+
+
+def replaced_note(path: str) -> str:
+    """``" (replaced an existing file)"`` when ``path`` exists, for tools that say what they overwrite."""
+    return " (replaced an existing file)" if os.path.exists(path) else ""
+
+
 def check_writable(folder: str, what: str = "output_dir", probe_bytes: int = 1 << 20) -> str:
     """Create ``folder`` and write (then remove) a probe file of ``probe_bytes`` there, so that an unwritable,
     full or misnamed output folder stops the run in one line before any work, not after the first result."""

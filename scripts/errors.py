@@ -54,6 +54,10 @@ def install_error_hook(command: bool = False) -> None:
         if cause is not None:
             print(f"ERROR: {cause}", file=sys.stderr)
             return
+        if command and isinstance(exc, OSError) and exc.filename:
+            # a command line tool's missing input or unwritable output: the file and the reason say it all
+            print(f"ERROR: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            sys.exit(1)
         previous(exc_type, exc, tb)
 
     sys.excepthook = hook

@@ -13,8 +13,8 @@ import copy
 import json
 import os
 
-from scripts.atomic_files import atomic_path
-from scripts.errors import ConfigError
+from scripts.atomic_files import atomic_path, refuse_bundle_folder, replaced_note
+from scripts.errors import ConfigError, install_error_hook
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 TASKS_DIR = os.path.join(CONFIGS, "tasks")
@@ -98,10 +98,13 @@ def fitting_presets(label_values: int, channels: list[str]) -> list[str]:
 
 def write_task_bundle_configs(task: str, out_dir: str) -> list[str]:
     """Write ``inference.json`` and ``metadata.json`` for ``task`` into ``out_dir``; returns their paths."""
+    refuse_bundle_folder(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name, content in (("inference.json", task_inference_config(task)), ("metadata.json", task_metadata(task))):
         paths.append(os.path.join(out_dir, name))
+        if note := replaced_note(paths[-1]):
+            print(f"{paths[-1]}{note}")
         with atomic_path(paths[-1]) as tmp, open(tmp, "w") as f:
             f.write(json.dumps(content, indent=4, ensure_ascii=False) + "\n")
     print(f"wrote {' and '.join(paths)} for {task}")
@@ -111,4 +114,5 @@ def write_task_bundle_configs(task: str, out_dir: str) -> list[str]:
 if __name__ == "__main__":
     import fire
 
+    install_error_hook(command=True)
     fire.Fire(write_task_bundle_configs)

@@ -22,8 +22,8 @@ import os
 
 import numpy as np
 
-from scripts.atomic_files import atomic_path
-from scripts.errors import InputError
+from scripts.atomic_files import atomic_path, refuse_bundle_folder, replaced_note
+from scripts.errors import ConfigError, InputError, install_error_hook
 from scripts.inputs import entry_problems, load_datalist_json
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
@@ -78,8 +78,12 @@ def write_splits(
     problems = entry_problems(lists["training"], "training", labels=True) if "training" in lists else ["no list"]
     if problems:
         raise InputError(f"datalist {datalist}: no usable 'training' list: " + "; ".join(problems[:5]))
+    refuse_bundle_folder(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(datalist))[0]
+    names = {f"{stem}{'' if fold is None else f'_fold{fold}'}_frac{fraction * 100:g}.json" for fraction in fractions}
+    if len(names) != len(set(fractions)):
+        raise ConfigError(f"fractions {list(fractions)}: two of them would write one file name; give distinct values")
     paths = []
     for fraction in fractions:
         split = Split(fold, num_folds, fraction, seed)
@@ -89,15 +93,18 @@ def write_splits(
                 out[key] = split.select(lists[split.source_key(key)], key)
         out["split"] = {"source": os.path.abspath(datalist), "fold": fold, "num_folds": num_folds}
         out["split"].update({"label_fraction": fraction, "seed": seed})
-        name = f"{stem}{'' if fold is None else f'_fold{fold}'}_frac{round(fraction * 100)}.json"
+        name = f"{stem}{'' if fold is None else f'_fold{fold}'}_frac{fraction * 100:g}.json"
         paths.append(os.path.join(out_dir, name))
+        note = replaced_note(paths[-1])
         with atomic_path(paths[-1]) as tmp, open(tmp, "w") as f:
             json.dump(out, f, indent=2)
-        print(f"{paths[-1]}: {len(out.get('training', []))} training, {len(out.get('validation', []))} validation")
+        counts = f"{len(out.get('training', []))} training, {len(out.get('validation', []))} validation"
+        print(f"{paths[-1]}: {counts}{note}")
     return paths
 
 
 if __name__ == "__main__":
     import fire
 
+    install_error_hook(command=True)
     fire.Fire(write_splits)

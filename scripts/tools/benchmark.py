@@ -31,7 +31,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import SwinUNETR
 
 from scripts.atomic_files import atomic_path
-from scripts.errors import ConfigError
+from scripts.errors import ConfigError, install_error_hook
 from scripts.network.pretraining import SSLHead
 from scripts.network.speed import compile_network, use_attention
 from scripts.options import choice
@@ -272,4 +272,5 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
+    install_error_hook(command=True)
     fire.Fire(run, serialize=lambda result: None)  # the table is printed; the dict is for callers

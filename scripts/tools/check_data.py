@@ -27,7 +27,7 @@ import sys
 
 import fire
 
-from scripts.errors import InputError
+from scripts.errors import InputError, install_error_hook
 from scripts.inputs import Geometry, check_case, entry_problems, load_datalist_json, nifti_files
 
 LISTS = ("training", "validation", "test")
@@ -115,4 +115,5 @@ def check_data_command(*args, **kwargs) -> None:
 
 
 if __name__ == "__main__":
+    install_error_hook(command=True)
     fire.Fire(check_data_command)

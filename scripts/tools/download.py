@@ -18,7 +18,7 @@ import sys
 import yaml
 from monai.apps.utils import check_hash, download_url
 
-from scripts.errors import one_line
+from scripts.errors import install_error_hook, one_line
 
 
 def download_listed(bundle_path: str = ".", large_file_name: str = "large_files.yml", out=print) -> int:
@@ -70,4 +70,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_error_hook(command=True)
     sys.exit(main())

@@ -28,6 +28,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from scripts.atomic_files import refuse_bundle_folder
+from scripts.errors import install_error_hook
 from scripts.tools.demo import ROOT, bundle_command, loss_summary
 from scripts.tools.phantoms import write_phantoms
 
@@ -86,7 +88,7 @@ def gpu_check(
     """Run the check; returns (and exits with) 0 when every step passed, 1 otherwise."""
     from scripts.tools import benchmark
 
-    out = Path(out_dir).resolve()
+    out = Path(refuse_bundle_folder(out_dir)).resolve()  # its models/ and runs would replace the bundle's
     out.mkdir(parents=True, exist_ok=True)
     check = _Check(out)
     start = time.time()
@@ -238,4 +240,5 @@ def _finish(check: _Check, out: Path, start: float, dry_run: bool) -> int:
 
 
 if __name__ == "__main__":
+    install_error_hook(command=True)
     sys.exit(fire.Fire(gpu_check, serialize=lambda code: None))

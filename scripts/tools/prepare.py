@@ -365,7 +365,7 @@ def _print_summary(name: str, s: dict, ignored: int) -> None:
 
 def prepare_command(*args, **kwargs) -> None:
     """CLI entry: exits 1 when no volume was kept (the report says why each was skipped)."""
-    install_error_hook()
+    install_error_hook(command=True)
     summary = prepare(*args, **kwargs)
     if not summary["kept"]:
         raise InputError(f"no CT volume kept; see the report {summary['report']}")
