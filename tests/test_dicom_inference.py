@@ -155,3 +155,18 @@ def test_dicom_seg_segments_are_named_by_the_task_classes_not_btcv(tmp_path):
     batch.finish()
     ds = pydicom.dcmread(out / "liver_ct_seg.dcm")
     assert [s.SegmentLabel for s in ds.SegmentSequence] == ["liver", "cancer"]  # BTCV would say spleen, kidney
+
+
+def test_a_one_slice_series_and_a_stray_file_are_reported_while_the_good_series_is_segmented(tmp_path):
+    write_series(tmp_path / "in" / "good", hu_volume(seed=1))
+    write_series(tmp_path / "in" / "one", hu_volume((10, 8, 1), seed=3))  # a single image: no slice spacing
+    stray = tmp_path / "in" / "stray.dcm"
+    stray.write_bytes(sorted((tmp_path / "in" / "good").iterdir())[0].read_bytes())
+    batch = InferenceBatch(str(tmp_path / "in"), output_dir=str(tmp_path / "out"))
+    assert [item["image"] for item in batch.items] == [str(tmp_path / "out" / "dicom_images" / "good.nii.gz")]
+    assert batch.failed == [
+        f"DICOM file {stray}: lies beside series folders; not segmented: move it into its series",
+        f"DICOM folder {tmp_path / 'in' / 'one'}: no CT volume series (series #2 test series 2: one slice: a single "
+        "image, not a volume (no slice spacing))",
+    ]
+    assert batch.total == 3

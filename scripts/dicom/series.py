@@ -190,6 +190,8 @@ def check_series(series: Series, min_slices: int = 16, spacing_tolerance: float 
         return "geometry unknown: image position, orientation or pixel spacing missing in some files"
     if len(slices) < min_slices:
         return f"too few slices: {len(slices)} (min_slices={min_slices})"
+    if len(slices) < 2:  # the slice step, and so the volume's third axis, is unknown
+        return "one slice: a single image, not a volume (no slice spacing)"
     if len({(s.rows, s.columns) for s in slices}) > 1:
         return f"mixed image sizes: {_shown(f'{s.columns}x{s.rows}' for s in slices)}"
     orientations = np.array([s.orientation for s in slices])

@@ -65,10 +65,16 @@ class InferenceBatch:
         self.output_dir, self.postfix, self.dicom_seg = output_dir, postfix, flag("dicom_seg", dicom_seg)
         # DICOM SEG segment names: the task's own classes (label value -> name), not BTCV's
         self.names = dict(enumerate(class_names)) if class_names else None
+        self.strays = []
         images = self._images(dataset_dir, datalist, key)
         self._refuse_overwrites(images, dataset_dir if not datalist else None, postfix)
         check_writable(output_dir)
         self.items, self.failed, self.dicom, self.done = [], [], {}, set()
+        for stray in self.strays:
+            self.failed.append(
+                f"DICOM file {stray}: lies beside series folders; not segmented: move it into its series"
+            )
+            logger.warning(f"skipped, will not be segmented: {self.failed[-1]}")
         for image in images:
             try:
                 image = self._nifti(image)
@@ -78,7 +84,7 @@ class InferenceBatch:
                 logger.warning(f"skipped, will not be segmented: {e}")
             else:
                 self.items.append({"image": image})
-        self.total = len(images)
+        self.total = len(images) + len(self.strays)
         if not self.items:
             self.finish()
 
@@ -90,7 +96,8 @@ class InferenceBatch:
             return [item["image"] if isinstance(item, dict) else item for item in items]
         if not os.path.isdir(dataset_dir):
             raise InputError(missing(dataset_dir, "dataset_dir"))
-        images = nifti_files(dataset_dir) + dicom_folders(dataset_dir, exclude=self.output_dir)
+        folders, self.strays = dicom_folders(dataset_dir, exclude=self.output_dir)
+        images = nifti_files(dataset_dir) + folders
         unsupported = sorted(p for p in os.listdir(dataset_dir) if os.path.splitext(p)[1].lower() in UNSUPPORTED)
         if not images:
             found = f"; found {len(unsupported)} unsupported files ({', '.join(unsupported[:3])}): {CONVERT_HINT}"
@@ -193,18 +200,21 @@ class InferenceBatch:
                 self._record(f"DICOM SEG of {series.folder}: {one_line(e)}")
 
 
-def dicom_folders(folder: str, exclude: str = "") -> list[str]:
-    """``[folder]`` when its own files are DICOM (one series), else its sub-folders holding DICOM files
-    (except ``exclude``, an output folder inside the input folder)."""
+def dicom_folders(folder: str, exclude: str = "") -> tuple[list[str], list[str]]:
+    """(inputs, stray files): ``[folder]`` when its own files are DICOM (one series), else its sub-folders holding
+    DICOM files (except ``exclude``, an output folder inside the input folder). DICOM files lying beside such
+    sub-folders are strays: reported, never merged with a series or made an input of their own."""
     entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    if any(e.is_file() and read_header(e.path) is not None for e in entries):
-        return [folder]
+    own = [e.path for e in entries if e.is_file() and read_header(e.path) is not None]
     skip = os.path.realpath(exclude) if exclude else None
-    return [
+    subfolders = [
         e.path
         for e in entries
         if e.is_dir() and not e.name.startswith(".") and os.path.realpath(e.path) != skip and holds_dicom(e.path)
     ]
+    if own and not subfolders:
+        return [folder], []
+    return subfolders, own
 
 
 FAILED_KEY = "segmentation_failed"
