@@ -170,3 +170,34 @@ def test_a_one_slice_series_and_a_stray_file_are_reported_while_the_good_series_
         "image, not a volume (no slice spacing))",
     ]
     assert batch.total == 3
+
+
+def blank_uids(folder):
+    """What an anonymiser that blanks UIDs leaves: no SeriesInstanceUID and no SOPInstanceUID."""
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        del ds.SeriesInstanceUID, ds.SOPInstanceUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ""
+        ds.save_as(path)
+
+
+def test_a_series_whose_uids_were_blanked_is_converted_with_one_warning(tmp_path, caplog):
+    volume = hu_volume(seed=5)
+    write_series(tmp_path / "in" / "anon", volume)
+    blank_uids(tmp_path / "in" / "anon")
+    with caplog.at_level("WARNING"):
+        batch = InferenceBatch(str(tmp_path / "in"), output_dir=str(tmp_path / "out"))
+    assert batch.failed == []
+    assert np.array_equal(nib.load(batch.items[0]["image"]).get_fdata(), volume)
+    warned = [r.getMessage() for r in caplog.records if "without Series / SOP Instance UIDs" in r.getMessage()]
+    assert len(warned) == 1 and "6 DICOM files" in warned[0]
+
+
+def test_a_truncated_slice_is_named_in_the_reason_its_series_is_skipped(tmp_path):
+    write_series(tmp_path / "in" / "good", hu_volume(seed=1))
+    write_series(tmp_path / "in" / "cut", hu_volume(seed=2))
+    damaged = sorted((tmp_path / "in" / "cut").iterdir())[2]
+    damaged.write_bytes(damaged.read_bytes()[:200])  # an interrupted download
+    batch = InferenceBatch(str(tmp_path / "in"), output_dir=str(tmp_path / "out"))
+    assert len(batch.items) == 1 and len(batch.failed) == 1
+    assert batch.failed[0].endswith(f"damaged DICOM files (truncated or corrupt, skipped): {damaged}")

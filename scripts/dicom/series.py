@@ -12,6 +12,7 @@ sheared (still exact) affine rather than a silently straightened one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections import defaultdict
@@ -28,6 +29,7 @@ from scripts.errors import InputError, one_line
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+logger = logging.getLogger(__name__)
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM"}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 HEADER_TAGS = [
@@ -69,6 +71,12 @@ class Slice:
     rows: int
     columns: int
     frames: int
+    uids_missing: bool = False  # an anonymiser blanked its UIDs: grouped by what remains, identified by its path
+
+    @property
+    def identity(self) -> str:
+        """What tells two files of a series apart: the SOPInstanceUID, or the path when it is missing."""
+        return self.sop_uid or self.path
 
     @property
     def localizer(self) -> bool:
@@ -83,19 +91,46 @@ def _floats(value, n: int) -> tuple | None:
     return out if len(out) == n and np.all(np.isfinite(out)) else None
 
 
+def is_damaged_dicom(path: str) -> bool:
+    """A file that says it is DICOM (the ``DICM`` marker after the 128-byte preamble) but whose header does not
+    read: truncated by an interrupted download, or bit-flipped."""
+    try:
+        with open(path, "rb") as f:
+            marked = f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+    return marked and read_header(path) is None
+
+
+def _derived_series_uid(path: str, ds) -> str:
+    """A stand-in series identity from what an anonymiser leaves: folder, series number and description, slice
+    orientation, pixel spacing and image size."""
+    parts = [os.path.dirname(path)] + [
+        str(ds.get(k, "")) for k in ("SeriesNumber", "SeriesDescription", "ImageOrientationPatient", "PixelSpacing")
+    ]
+    parts += [str(ds.get("Rows", "")), str(ds.get("Columns", ""))]
+    return "derived-" + hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
 def read_header(path: str) -> Slice | None:
-    """The header of ``path`` when it is a DICOM file with a series (None otherwise: other files, DICOMDIR)."""
+    """The header of ``path`` when it is a DICOM image file (None otherwise: other files, DICOMDIR, a header that
+    does not read). Without a SeriesInstanceUID (blanked by an anonymiser) an image still counts, its series
+    identity derived from what remains (``uids_missing``)."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
     except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, AttributeError, KeyError):
         return None  # not DICOM (no DICM preamble) or damaged beyond reading its header
     series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
     if not series_uid:
-        return None
+        if "ImagePositionPatient" not in ds or "Rows" not in ds:
+            return None  # not an image of a volume (a DICOMDIR, a report)
+        series_uid = _derived_series_uid(path, ds)
     image_type = ds.get("ImageType", ())
     return Slice(
         path=path,
-        sop_uid=str(ds.get("SOPInstanceUID", "") or path),
+        sop_uid=sop_uid,
+        uids_missing=series_uid.startswith("derived-") or not sop_uid,
         series_uid=series_uid,
         sop_class=str(ds.get("SOPClassUID", "") or ""),
         modality=str(ds.get("Modality", "") or ""),
@@ -139,6 +174,12 @@ def group_series(slices: list) -> list:
     by_key = defaultdict(list)
     for s in slices:
         by_key[(s.series_uid, s.localizer)].append(s)
+    blanked = [s for s in slices if s.uids_missing]
+    if blanked:
+        logger.warning(
+            f"{len(blanked)} DICOM files without Series / SOP Instance UIDs (anonymised?), e.g. {blanked[0].path}: "
+            "grouped by folder, series number and description, orientation, pixel spacing and size"
+        )
     out = []
     for (uid, _), members in by_key.items():
         by_folder = defaultdict(list)
@@ -146,14 +187,14 @@ def group_series(slices: list) -> list:
             by_folder[os.path.dirname(s.path)].append(s)
         merged, copies, seen_sets = {}, [], []
         for folder, files in sorted(by_folder.items()):
-            sops = {s.sop_uid for s in files}
+            sops = {s.identity for s in files}
             original = next((f for f, other in seen_sets if other == sops), None)
             if original is not None:
                 copies.append(Series(uid, files, folder, reason=f"duplicate: same series and files as {original}"))
                 continue
             seen_sets.append((folder, sops))
             for s in files:
-                merged.setdefault(s.sop_uid, s)
+                merged.setdefault(s.identity, s)
         files = sorted(merged.values(), key=lambda s: s.path)
         folder = os.path.commonpath([os.path.dirname(s.path) for s in files])
         copies_in = sum(len(c.slices) for c in copies)
@@ -349,18 +390,33 @@ def holds_dicom(folder: str) -> bool:
     return False
 
 
+def _damaged_note(folder: str) -> str:
+    """``"; damaged DICOM files: <first> (and N more)"`` for the files under ``folder`` whose header does not read."""
+    damaged = [
+        os.path.join(root, name)
+        for root, _, files in os.walk(folder)
+        for name in sorted(files)
+        if is_damaged_dicom(os.path.join(root, name))
+    ]
+    if not damaged:
+        return ""
+    return f"; damaged DICOM files (truncated or corrupt, skipped): {damaged[0]}" + (
+        f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+    )
+
+
 def series_to_nifti(folder: str, path: str, min_slices: int = 1, spacing_tolerance: float = 0.05) -> Series:
     """Convert the one CT volume series in ``folder`` (other series, e.g. a localizer, are ignored) to
     NIfTI at ``path`` (atomically; an earlier verified output is kept). InputError naming the folder
     when it holds no such series, or several."""
     series = group_series(dicom_files(folder))
     if not series:
-        raise InputError(f"DICOM folder {folder}: no DICOM image files")
+        raise InputError(f"DICOM folder {folder}: no DICOM image files{_damaged_note(folder)}")
     reasons = [check_series(s, min_slices, spacing_tolerance) for s in series]
     volumes = [s for s, reason in zip(series, reasons) if reason is None]
     if not volumes:
         shown = "; ".join(f"series {s.describe() or s.uid}: {reason}" for s, reason in zip(series, reasons))
-        raise InputError(f"DICOM folder {folder}: no CT volume series ({shown})")
+        raise InputError(f"DICOM folder {folder}: no CT volume series ({shown}){_damaged_note(folder)}")
     if len(volumes) > 1:
         shown = ", ".join(s.describe() or s.uid for s in volumes)
         raise InputError(
