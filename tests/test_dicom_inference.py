@@ -201,3 +201,30 @@ def test_a_truncated_slice_is_named_in_the_reason_its_series_is_skipped(tmp_path
     batch = InferenceBatch(str(tmp_path / "in"), output_dir=str(tmp_path / "out"))
     assert len(batch.items) == 1 and len(batch.failed) == 1
     assert batch.failed[0].endswith(f"damaged DICOM files (truncated or corrupt, skipped): {damaged}")
+
+
+def test_a_tilted_gantry_series_is_placed_alike_by_nibabel_and_simpleitk(tmp_path):
+    sitk = pytest.importorskip("SimpleITK", reason="pip install -r requirements-dicom.txt")
+    from scripts.dicom.series import series_to_nifti
+
+    volume = hu_volume((10, 8, 6), seed=9)
+    written = write_series(tmp_path / "tilted", volume)  # axial, rows 0.9 mm apart, slices 2.5 mm apart
+    for k, path in enumerate(written["paths"]):  # the gantry tilt moves slice k by k rows (0.9 mm) along y
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [
+            ds.ImagePositionPatient[0],
+            ds.ImagePositionPatient[1] + 0.9 * k,
+            ds.ImagePositionPatient[2],
+        ]
+        ds.save_as(path)
+    out = tmp_path / "tilted.nii.gz"
+    series_to_nifti(str(tmp_path / "tilted"), str(out))
+    img, itk = nib.load(out), sitk.ReadImage(str(out))
+    for index in [(0, 0, 0), (9, 7, 5), (3, 6, 2)]:
+        ras = (img.affine @ [*index, 1])[:3]
+        lps = np.array(itk.TransformIndexToPhysicalPoint(index))
+        np.testing.assert_allclose(ras * [-1, -1, 1], lps, atol=1e-3)  # the same point for every voxel
+    data = np.asarray(img.dataobj)
+    for k in range(6):  # each slice lies where its DICOM position says: moved k rows on the orthogonal grid
+        np.testing.assert_array_equal(data[:, k:, k], volume[:, : 8 - k, k])
+    assert np.allclose(img.header.get_qform(), img.affine) and img.header["qform_code"] == 1

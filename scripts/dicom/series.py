@@ -5,8 +5,9 @@ Reading is pydicom's: headers for grouping and checks, pixel data decoded by its
 
 Geometry: DICOM positions are patient LPS; the NIfTI affine is RAS (x and y negated). Voxel ``(i, j, k)``
 is column ``i``, row ``j`` of the ``k``-th slice in the order of its position along the slice normal; the
-third affine column is the step between neighbouring slice positions, so a tilted gantry gives the
-sheared (still exact) affine rather than a silently straightened one.
+third affine column is the slice spacing along the normal. A tilted gantry steps the slices sideways too: each
+slice is shifted back in-plane (linear interpolation) onto that orthogonal grid, as dcm2niix does, because a
+sheared affine has no NIfTI qform and ITK-based tools would place the slices by a rotated approximation.
 """
 
 from __future__ import annotations
@@ -266,17 +267,24 @@ def check_series(series: Series, min_slices: int = 16, spacing_tolerance: float 
         )
     step = (positions[-1] - positions[0]) / (len(ordered) - 1)
     tilt = float(np.degrees(np.arccos(min(1.0, abs(np.dot(step, normal)) / np.linalg.norm(step)))))
+    # a tilted gantry steps the slices sideways too: the volume is written on the orthogonal grid along the
+    # normal, each slice shifted back in-plane (read_volume), since a sheared affine has no NIfTI qform and
+    # ITK-based tools (SimpleITK, Slicer) would place the last slices by a rotated approximation
+    along = float(np.dot(step, normal))
+    sideways = step - along * normal
     lps = np.eye(4)
     lps[:3, 0] = row * spacings[0][1]  # along a row: the column index grows; PixelSpacing is (row, column) spacing
     lps[:3, 1] = col * spacings[0][0]
-    lps[:3, 2] = step
+    lps[:3, 2] = along * normal
     lps[:3, 3] = positions[0]
     series.slices = ordered
     series.geometry = {
         "affine": LPS_TO_RAS @ lps,
         "shape": (ordered[0].columns, ordered[0].rows, len(ordered)),
-        "spacing": (spacings[0][1], spacings[0][0], float(np.linalg.norm(step))),
+        "spacing": (spacings[0][1], spacings[0][0], along),
         "tilt": tilt,
+        # voxels per slice by which slice k lies shifted along the column and row index of the orthogonal grid
+        "shift_per_slice": (float(sideways @ row) / spacings[0][1], float(sideways @ col) / spacings[0][0]),
     }
     return None
 
@@ -304,6 +312,14 @@ def read_volume(series: Series) -> np.ndarray:
         if hu.min() < -32768 or hu.max() > 32767:
             raise InputError(f"HU out of int16 range: {s.path}: {hu.min():g}..{hu.max():g}")
         out[:, :, k] = hu.T
+    di, dj = series.geometry.get("shift_per_slice", (0.0, 0.0))
+    if abs(di) + abs(dj) > 1e-3:  # gantry tilt: slice k moved back onto the orthogonal grid
+        from scipy import ndimage
+
+        air = float(out.min())
+        for k in range(shape[2]):
+            moved = ndimage.shift(out[:, :, k].astype(np.float32), (k * di, k * dj), order=1, cval=air)
+            out[:, :, k] = np.rint(moved).astype(np.int16)
     return out
 
 
