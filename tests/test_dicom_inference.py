@@ -11,7 +11,7 @@ from dicom_data import hu_volume, write_series
 from scripts.errors import InputError
 from scripts.inference.batch import InferenceBatch
 
-from conftest import bundle_run
+from conftest import ROOT, bundle_run
 
 RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -143,8 +143,14 @@ def test_a_conversion_is_reused_only_for_the_same_series_never_for_another_patie
 def test_dicom_seg_segments_are_named_by_the_task_classes_not_btcv(tmp_path):
     write_series(tmp_path / "in" / "liver_ct", hu_volume(seed=4))
     out = tmp_path / "out"
+    from scripts.tasks.labels import preset_segment_types
+
     batch = InferenceBatch(
-        str(tmp_path / "in"), output_dir=str(out), dicom_seg=True, class_names=["background", "liver", "cancer"]
+        str(tmp_path / "in"),
+        output_dir=str(out),
+        dicom_seg=True,
+        class_names=["background", "liver", "cancer"],
+        segment_types=preset_segment_types("task03_liver"),
     )
     (converted,) = [item["image"] for item in batch.items]
     labels = np.zeros((10, 8, 6), np.uint8)
@@ -155,6 +161,22 @@ def test_dicom_seg_segments_are_named_by_the_task_classes_not_btcv(tmp_path):
     batch.finish()
     ds = pydicom.dcmread(out / "liver_ct_seg.dcm")
     assert [s.SegmentLabel for s in ds.SegmentSequence] == ["liver", "cancer"]  # BTCV would say spleen, kidney
+    liver, cancer = ds.SegmentSequence
+    assert liver.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # SNOMED CT: liver
+    assert cancer.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"  # neoplasm
+    assert cancer.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"  # morphologically abnormal
+    assert liver.RecommendedDisplayCIELabValue != cancer.RecommendedDisplayCIELabValue
+
+
+def test_every_preset_gives_each_class_a_snomed_segment_type():
+    from pydicom.sr.codedict import codes
+
+    from scripts.tasks.labels import preset_class_names, preset_segment_types
+
+    for path in sorted((ROOT / "configs" / "tasks").glob("*.json")):
+        types = preset_segment_types(path.stem)
+        assert set(types) == set(preset_class_names(path.stem)) - {"background"}, path.stem
+        assert all(hasattr(codes.SCT, keyword) for keyword in types.values()), path.stem
 
 
 def test_a_one_slice_series_and_a_stray_file_are_reported_while_the_good_series_is_segmented(tmp_path):

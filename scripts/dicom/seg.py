@@ -30,9 +30,40 @@ PATIENT_STUDY_KEYWORDS = (
 )
 
 
-def write_dicom_seg(labels_path: str, series: Series, path: str, names: dict | None = None) -> int:
+# distinct display colours (RGB) by label value, as viewers show segments; the order of matplotlib's tab20
+PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+    (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150),
+]  # fmt: skip
+# segmented property types that are abnormal structures, not anatomy (their category differs)
+ABNORMAL_TYPES = ("Neoplasm", "Tumor", "Mass", "Lesion")
+
+
+def segment_codes(name: str, types: dict) -> tuple:
+    """(category, type) codes of the class ``name``: its SNOMED CT keyword in ``types`` (the task preset's
+    ``segment_types``), else the generic anatomical structure / organ."""
+    keyword = types.get(name)
+    if keyword is None:
+        return codes.SCT.AnatomicalStructure, codes.SCT.Organ
+    try:
+        code = getattr(codes.SCT, keyword)
+    except AttributeError:
+        raise InputError(
+            f"segment type {keyword!r} of {name!r}: not a SNOMED CT keyword of pydicom's codes.SCT"
+        ) from None
+    category = (
+        codes.SCT.MorphologicallyAbnormalStructure if keyword in ABNORMAL_TYPES else codes.SCT.AnatomicalStructure
+    )
+    return category, code
+
+
+def write_dicom_seg(
+    labels_path: str, series: Series, path: str, names: dict | None = None, types: dict | None = None
+) -> int:
     """Write the label map ``labels_path`` (a NIfTI on the grid of the converted ``series``) as a DICOM SEG at
-    ``path`` (atomically); returns the number of segments. Label 0 is background."""
+    ``path`` (atomically); returns the number of segments. Label 0 is background. ``names``: label value ->
+    class name (default: the bundle metadata's); ``types``: class name -> SNOMED CT keyword; each segment's
+    display colour is fixed by its label value."""
     img = nib.load(labels_path)
     labels = np.asarray(img.dataobj)
     shape, affine = series.geometry["shape"], series.geometry["affine"]
@@ -51,14 +82,17 @@ def write_dicom_seg(labels_path: str, series: Series, path: str, names: dict | N
     descriptions = []
     for number, value in enumerate(values, start=1):
         relabelled[frames == value] = number
+        name = names.get(value, f"class {value}")
+        category, kind = segment_codes(name, types or {})
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
-                segment_label=names.get(value, f"class {value}"),
-                segmented_property_category=codes.SCT.AnatomicalStructure,
-                segmented_property_type=codes.SCT.Organ,
+                segment_label=name,
+                segmented_property_category=category,
+                segmented_property_type=kind,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm,
+                display_color=hd.color.CIELabColor.from_rgb(*PALETTE[(value - 1) % len(PALETTE)]),
             )
         )
     sources = [pydicom.dcmread(s.path, stop_before_pixels=True) for s in series.slices]

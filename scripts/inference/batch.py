@@ -61,10 +61,12 @@ class InferenceBatch:
         geometry: Geometry | None = None,
         dicom_seg: bool = False,
         class_names=None,
+        segment_types=None,
     ):
         self.output_dir, self.postfix, self.dicom_seg = output_dir, postfix, flag("dicom_seg", dicom_seg)
         # DICOM SEG segment names: the task's own classes (label value -> name), not BTCV's
         self.names = dict(enumerate(class_names)) if class_names else None
+        self.segment_types = dict(segment_types or {})  # class name -> SNOMED CT keyword (codes.SCT)
         self.strays = []
         images = self._images(dataset_dir, datalist, key)
         self._refuse_overwrites(images, dataset_dir if not datalist else None, postfix)
@@ -195,7 +197,9 @@ class InferenceBatch:
                 continue  # its failure is already recorded
             labels = output_path(converted, self.output_dir, self.postfix)
             try:
-                write_dicom_seg(labels, series, labels[: -len(".nii.gz")] + ".dcm", names=self.names)
+                write_dicom_seg(
+                    labels, series, labels[: -len(".nii.gz")] + ".dcm", names=self.names, types=self.segment_types
+                )
             except Exception as e:  # one series' SEG failing leaves the others and the NIfTI maps
                 self._record(f"DICOM SEG of {series.folder}: {one_line(e)}")
 

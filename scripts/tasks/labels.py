@@ -17,6 +17,13 @@ def preset_class_names(task: str) -> list[str]:
         return list(json.load(f)["class_names"])
 
 
+def preset_segment_types(task: str) -> dict:
+    """``{class name: SNOMED CT keyword of pydicom's codes.SCT}`` of a task preset, e.g. ``{"liver": "Liver"}``:
+    the segmented property type a DICOM SEG gives each class."""
+    with open(preset_path(task)) as f:
+        return dict(json.load(f).get("segment_types", {}))
+
+
 def metadata_class_names(metadata: str = METADATA) -> dict:
     """``{label value: name}`` from the bundle metadata's output ``channel_def`` (empty when not found)."""
     try:

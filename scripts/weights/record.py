@@ -30,6 +30,7 @@ import os
 
 import torch
 
+from scripts.atomic_files import BUNDLE_ROOT
 from scripts.distributed import unwrap_model
 from scripts.weights.formats import RECORD_KEY, WeightsError
 
@@ -133,9 +134,6 @@ def intensity_settings(transform) -> dict:
 def plain_values(value):
     """JSON-like copy: tuples to lists, numbers to Python numbers, anything else to its string."""
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
-
-
-BUNDLE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def bundle_identity(bundle_root: str = BUNDLE_ROOT) -> dict:
