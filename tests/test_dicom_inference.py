@@ -250,3 +250,19 @@ def test_a_tilted_gantry_series_is_placed_alike_by_nibabel_and_simpleitk(tmp_pat
     for k in range(6):  # each slice lies where its DICOM position says: moved k rows on the orthogonal grid
         np.testing.assert_array_equal(data[:, k:, k], volume[:, : 8 - k, k])
     assert np.allclose(img.header.get_qform(), img.affine) and img.header["qform_code"] == 1
+
+
+def test_bit_flipped_headers_never_stop_a_batch(tmp_path):
+    import random
+
+    write_series(tmp_path / "in" / "good", hu_volume(seed=1))
+    flipped = write_series(tmp_path / "in" / "flipped", hu_volume(seed=2))
+    rng = random.Random(0)
+    for path in flipped["paths"]:  # three random bytes of every header changed, as a failing disk leaves them
+        data = bytearray(open(path, "rb").read())
+        for _ in range(3):
+            data[rng.randrange(132, 900)] = rng.randrange(256)
+        open(path, "wb").write(bytes(data))
+    batch = InferenceBatch(str(tmp_path / "in"), output_dir=str(tmp_path / "out"))
+    assert [item["image"] for item in batch.items][-1] == str(tmp_path / "out" / "dicom_images" / "good.nii.gz")
+    assert all("flipped" in failure for failure in batch.failed)

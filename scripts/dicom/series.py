@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -97,10 +98,15 @@ def is_damaged_dicom(path: str) -> bool:
     read: truncated by an interrupted download, or bit-flipped."""
     try:
         with open(path, "rb") as f:
-            marked = f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-    return marked and read_header(path) is None
+            if f.read(132)[128:] != b"DICM":
+                return False
+        if _read_header(path) is not None:
+            return False
+        # a readable DICOMDIR or report is not damaged, only not an image; an image cut short is
+        meta = pydicom.filereader.read_file_meta_info(path)
+        return str(meta.get("MediaStorageSOPClassUID", "")) in (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE)
+    except Exception:
+        return True
 
 
 def _derived_series_uid(path: str, ds) -> str:
@@ -118,9 +124,19 @@ def read_header(path: str) -> Slice | None:
     does not read). Without a SeriesInstanceUID (blanked by an anonymiser) an image still counts, its series
     identity derived from what remains (``uids_missing``)."""
     try:
+        return _read_header(path)
+    except InvalidDicomError:
+        return None  # not DICOM (no DICM preamble)
+    except Exception:  # damaged beyond reading its header: pydicom decodes lazily and raises many types
+        return None
+
+
+def _read_header(path: str) -> Slice | None:
+    with warnings.catch_warnings():  # a damaged value warns before it fails; the caller reports the file
+        warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-    except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, AttributeError, KeyError):
-        return None  # not DICOM (no DICM preamble) or damaged beyond reading its header
+        for keyword in HEADER_TAGS:  # decode now, inside the caller's guard
+            ds.get(keyword)
     series_uid = str(ds.get("SeriesInstanceUID", "") or "")
     sop_uid = str(ds.get("SOPInstanceUID", "") or "")
     if not series_uid:

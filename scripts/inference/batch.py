@@ -81,9 +81,9 @@ class InferenceBatch:
             try:
                 image = self._nifti(image)
                 check_case({"image": image}, ("image",), geometry=geometry)
-            except InputError as e:
-                self.failed.append(str(e))
-                logger.warning(f"skipped, will not be segmented: {e}")
+            except Exception as e:  # any failure of one input (a damaged file no check foresaw) skips only it
+                self.failed.append(str(e) if isinstance(e, InputError) else f"image {image}: {one_line(e)}")
+                logger.warning(f"skipped, will not be segmented: {self.failed[-1]}")
             else:
                 self.items.append({"image": image})
         self.total = len(images) + len(self.strays)

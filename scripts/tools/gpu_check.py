@@ -89,6 +89,8 @@ def gpu_check(
     from scripts.tools import benchmark
 
     out = Path(refuse_bundle_folder(out_dir)).resolve()  # its models/ and runs would replace the bundle's
+    if out.is_dir() and any(out.iterdir()):
+        print(f"{out}: holds an earlier check; its results are replaced", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     check = _Check(out)
     start = time.time()
