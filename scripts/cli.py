@@ -19,6 +19,7 @@ import types
 
 from monai.bundle import ConfigParser
 
+from scripts.atomic_files import BUNDLE_ROOT
 from scripts.errors import ConfigError, running_as_command
 
 # keyword arguments of ``monai.bundle run`` itself, which are not config ids
@@ -44,7 +45,7 @@ LITERAL_WORDS = {"false": "False", "null": "None", "none": "None"}
 
 
 def bundle_configs() -> list[str]:
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    root = os.path.join(BUNDLE_ROOT, "configs")
     return sorted(glob.glob(os.path.join(root, "*.json")) + glob.glob(os.path.join(root, "tasks", "*.json")))
 
 
@@ -234,8 +235,8 @@ def value_problems(argv: list[str]) -> list[str]:
     for name in _option_names(argv):
         rule = ID_RULES.get(name)
         raw = _option_value(argv, name)
-        if rule is None or raw is None:
-            continue
+        if rule is None or raw is None or raw.strip().startswith(("$", "@", "%")):
+            continue  # an expression or reference: its value is known only when the config resolves it
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

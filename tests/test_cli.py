@@ -138,6 +138,7 @@ def test_common_ids_out_of_type_or_range_stop_in_one_line(name, value, wanted):
     check_command_line(
         argv("train.json", pixdim="[1.5,1.5,2.0]", feature_size=24, num_workers=0, roi_size="[64,64,96]")
     )
+    check_command_line(argv("train.json", roi_size="$[96] * 3", pixdim="@pixdim"))  # resolved by the config
 
 
 def test_a_misspelled_nested_id_is_named_with_its_closest_sibling():
