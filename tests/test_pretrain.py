@@ -35,6 +35,11 @@ def test_short_pretraining_learns_the_proxy_tasks(pretrained):
     metrics = pretrained["metrics"]
     assert 0 < metrics["val_reconstruction_l1"] < 0.5 and 0 <= metrics["val_rotation_accuracy"] <= 1
     assert {"rotation", "contrastive", "reconstruction", "total", "lr"} <= set(rows[0])
+    # every validation also ran the probe: balanced rotation views with their interval, and the chance levels
+    assert 0 <= metrics["val_probe_rotation_low"] <= metrics["val_probe_rotation_accuracy"] <= 1
+    assert 0 < metrics["val_probe_contrastive_chance"] < 1 and metrics["val_probe_embedding_healthy_std"] > 0
+    probe_rows = (pretrained["dir"] / "runs" / "probe.csv").read_text().splitlines()
+    assert len(probe_rows) == 1 + len(list((pretrained["dir"] / "runs" / "probe").glob("epoch_*.json")))
 
 
 def test_pretraining_skips_the_broken_volumes_and_lists_them(pretrained):

@@ -44,6 +44,16 @@ def _last(pattern: str, text: str) -> float | None:
     return float(values[-1]) if values else None
 
 
+def _last_probe(run: Path) -> dict | None:
+    """The last pre-training probe report of ``run`` (``scripts.pretraining.probe``), without the confusion matrix."""
+    reports = sorted(run.glob("probe/epoch_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+    if not reports:
+        return None
+    report = json.loads(reports[-1].read_text())
+    report["rotation"].pop("confusion", None)
+    return report
+
+
 class _Check:
     """Runs the steps, keeps their figures and failures."""
 
@@ -173,6 +183,7 @@ def gpu_check(
             "val_rotation_accuracy": accuracy,
             "val_reconstruction_l1": _last("val_reconstruction_l1", log),
             "val_contrastive_top1": _last("val_contrastive_top1", log),
+            "probe": _last_probe(out / "pretrain"),  # balanced rotation with interval and p-value, chance levels
         }
         if accuracy is None or not 0.0 <= accuracy <= 1.0:
             check.fail("pretrain", f"no validation rotation accuracy in the log (got {accuracy})")

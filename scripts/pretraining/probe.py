@@ -1,0 +1,149 @@
+"""A pre-training validation that can tell learning from chance (``scripts.pretraining.chance`` for the statistics).
+
+At the end of every validation, on the validation volumes: ``crops_per_volume`` seeded random crops per volume
+(the same crops at every validation), each scored by the rotation head in all four quarter turns (classes
+balanced by construction: >= 160 views for 5 volumes x 8 crops), the two masked views of each crop for
+inpainting (L1 on the masked voxels against the L1 of leaving the masked input as it is) and contrastive coding
+(top-1 of the other view among all the probe's crops, beside its chance level 1 / crops), and the collapse of the
+projections. Written to the evaluator's metrics (``val_probe_*``: logged by StatsHandler / TensorBoard like the
+others), to ``<output_dir>/probe.csv`` (one row per validation) and ``<output_dir>/probe/epoch_<n>.json``
+(with the rotation confusion matrix).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import torch
+from ignite.engine import Events
+from monai.transforms import RandSpatialCropSamples, SpatialPad
+
+from scripts.atomic_files import atomic_path
+from scripts.distributed import unwrap_model
+from scripts.pretraining.chance import collapse_report, rotation_report
+from scripts.pretraining.proxy_tasks import REFERENCE_ROTATION_AXES, check_rotation_plane
+from scripts.pretraining.views import make_views
+
+
+class ProxyProbe:
+    """Ignite handler for the pre-training evaluator (see the module docstring).
+
+    Args:
+        network: the ``SSLHead`` (DDP-wrapped or not).
+        volumes: a dataset of whole validation volumes after the deterministic transforms (dicts with ``image``).
+        roi_size: crop size; smaller volumes are padded.
+        crops_per_volume: seeded random crops per volume.
+        output_dir: where ``probe.csv`` and ``probe/`` go.
+        seed: the crops and views are drawn from this seed (and the volume's index), the same at every validation.
+        rotation_axes, view_options: as for pre-training (``make_views``).
+    """
+
+    def __init__(
+        self,
+        network,
+        volumes,
+        roi_size,
+        crops_per_volume: int = 8,
+        output_dir: str = ".",
+        seed: int = 0,
+        rotation_axes=REFERENCE_ROTATION_AXES,
+        **view_options,
+    ):
+        self.network, self.volumes, self.roi_size = network, volumes, [int(s) for s in roi_size]
+        self.crops_per_volume, self.output_dir, self.seed = int(crops_per_volume), output_dir, seed
+        self.rotation_axes = tuple(rotation_axes)
+        self.view_args = (
+            view_options.get("max_fraction", 0.3),
+            view_options.get("min_side", 0.05),
+            view_options.get("max_side", 0.25),
+            self.rotation_axes,
+            view_options.get("swap_source", "unmasked"),
+        )
+        check_rotation_plane(self.roi_size, self.rotation_axes)
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def crops(self, index: int, image: torch.Tensor) -> torch.Tensor:
+        """The probe's crops of volume ``index``: (crops_per_volume, C, *roi_size), the same at every call."""
+        sampler = RandSpatialCropSamples(self.roi_size, num_samples=self.crops_per_volume, random_size=False)
+        sampler.set_random_state(self.seed + index)
+        return torch.stack([torch.as_tensor(c) for c in sampler(SpatialPad(self.roi_size)(image))])
+
+    @torch.no_grad()
+    def measure(self, device) -> dict:
+        """Run the probe; returns the report (see the module docstring)."""
+        network = unwrap_model(self.network)
+        was_training = network.training
+        network.eval()
+        dims = tuple(a + 2 for a in self.rotation_axes)  # spatial axis -> batch dim
+        predicted, targets, first, second, l1, l1_input = [], [], [], [], [], []
+        try:
+            for index in range(len(self.volumes)):
+                x = self.crops(index, self.volumes[index]["image"]).float().to(device)
+                for k in range(4):
+                    logits = network(x.rot90(k, dims=dims))[0]
+                    predicted.append(logits.argmax(1).cpu())
+                    targets.append(torch.full((x.shape[0],), k))
+                devices = [x.device] if x.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(self.seed + index)
+                    inputs, _, target = make_views(x, *self.view_args)
+                _, projection, reconstruction = network(inputs)
+                masked = inputs != target  # the voxels the masking changed
+                if masked.any():
+                    l1.append(float((reconstruction.float() - target).abs()[masked].mean()))
+                    l1_input.append(float((inputs - target).abs()[masked].mean()))
+                p1, p2 = projection.float().cpu().chunk(2)
+                first.append(p1)
+                second.append(p2)
+        finally:
+            network.train(was_training)
+        p1, p2 = torch.cat(first), torch.cat(second)
+        similarity = torch.nn.functional.normalize(p1, dim=1) @ torch.nn.functional.normalize(p2, dim=1).T
+        same = torch.arange(p1.shape[0])
+        top1 = torch.cat([similarity.argmax(1) == same, similarity.argmax(0) == same]).float().mean()
+        return {
+            "rotation": rotation_report(torch.cat(predicted), torch.cat(targets)),
+            "contrastive": {"top1": float(top1), "chance": 1 / p1.shape[0], "crops": int(p1.shape[0])},
+            "inpainting": {
+                "l1_masked": sum(l1) / len(l1) if l1 else float("nan"),
+                "l1_masked_input": sum(l1_input) / len(l1_input) if l1_input else float("nan"),
+            },
+            "collapse": collapse_report(torch.cat([p1, p2])),
+        }
+
+    def __call__(self, engine) -> None:
+        report = self.measure(engine.state.device if hasattr(engine.state, "device") else "cpu")
+        rotation, collapse = report["rotation"], report["collapse"]
+        metrics = {
+            "val_probe_rotation_accuracy": rotation["accuracy"],
+            "val_probe_rotation_low": rotation["interval"][0],
+            "val_probe_rotation_high": rotation["interval"][1],
+            "val_probe_rotation_p": rotation["p_value"],
+            "val_probe_rotation_parity": rotation["parity_accuracy"],
+            "val_probe_contrastive_top1": report["contrastive"]["top1"],
+            "val_probe_contrastive_chance": report["contrastive"]["chance"],
+            "val_probe_inpainting_l1": report["inpainting"]["l1_masked"],
+            "val_probe_inpainting_l1_input": report["inpainting"]["l1_masked_input"],
+            "val_probe_embedding_std": collapse["std"],
+            "val_probe_embedding_healthy_std": collapse["healthy_std"],
+            "val_probe_effective_rank": collapse["effective_rank"],
+        }
+        engine.state.metrics.update(metrics)
+        epoch = int(engine.state.epoch)
+        self._write(epoch, report, metrics)
+
+    def _write(self, epoch: int, report: dict, metrics: dict) -> None:
+        os.makedirs(os.path.join(self.output_dir, "probe"), exist_ok=True)
+        with atomic_path(os.path.join(self.output_dir, "probe", f"epoch_{epoch}.json")) as tmp, open(tmp, "w") as f:
+            json.dump({"epoch": epoch, "views": report["rotation"]["n"], **report}, f, indent=2)
+        table = os.path.join(self.output_dir, "probe.csv")
+        new = not os.path.exists(table)
+        with open(table, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", *metrics])
+            if new:
+                writer.writeheader()
+            writer.writerow({"epoch": epoch, **{k: f"{v:.6g}" for k, v in metrics.items()}})
