@@ -2,6 +2,7 @@
 fine-tuning and evaluation to the same results a single process would give, with rank 0 the only writer."""
 
 import csv
+import datetime
 import json
 import os
 import subprocess
@@ -157,7 +158,9 @@ def test_evaluation_on_two_processes_reports_the_single_process_dice(trained, ph
 
 def _gathered_nt_xent(rank, init_file, z1_all, z2_all, weight, x_all, results):
     """One rank: the gathered NT-Xent of its share of the crops, and a DDP step of a linear projector."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120)
+    )
     n = z1_all.shape[0] // WORLD
     share = slice(rank * n, (rank + 1) * n)
     z1, z2 = z1_all[share].clone().requires_grad_(), z2_all[share].clone().requires_grad_()
@@ -174,6 +177,7 @@ def _gathered_nt_xent(rank, init_file, z1_all, z2_all, weight, x_all, results):
         {"loss": mean_loss / WORLD, "z1": z1.grad, "z2": z2.grad, "weight": projector.weight.grad},
         f"{results}/rank{rank}.pt",
     )
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it (an intermittent hang)
     dist.destroy_process_group()
 
 
