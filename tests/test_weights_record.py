@@ -94,19 +94,13 @@ def test_the_paper_merging_order_travels_from_its_encoder_to_inference_and_monai
     assert record["network"]["patch_merging"] == "legacy"
     assert record["source"]["path"] == str(paper) and record["source"]["format"] == "research"
 
-    # inference.json with no flag segments exactly as with the legacy order asked for, which the record enforces
-    infer = {"dataset_dir": phantoms / "imagesTs", "ckpt_dir": models}
-    bundle_run(["inference.json", "small.json"], {**infer, "output_dir": tmp_path / "auto"})
-    bundle_run(
-        ["inference.json", "small.json"], {**infer, "output_dir": tmp_path / "legacy", "patch_merging": "legacy"}
+    # inference.json with no flag builds the legacy order from the record (its network is compared below)
+    infer = {"dataset_dir": phantoms / "imagesTs", "ckpt_dir": models, "output_dir": tmp_path / "auto"}
+    segmented = bundle_run(["inference.json", "small.json"], infer)
+    assert f"pre-1.5 3-D patch merging order for {models / 'model.pt'} (recorded in the file)" in (
+        segmented.stdout + segmented.stderr
     )
-    (auto,), (legacy,) = (sorted((tmp_path / d).glob("*_seg.nii.gz")) for d in ("auto", "legacy"))
-    assert auto.read_bytes() == legacy.read_bytes()
-    wrong = bundle_run(
-        ["inference.json", "small.json"], {**infer, "output_dir": tmp_path / "x", "patch_merging": "merging"}, False
-    )
-    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
-    assert 'patch_merging legacy there, merging here (--patch_merging "legacy")' in wrong.stderr
+    assert len(list((tmp_path / "auto").glob("*_seg.nii.gz"))) == 1
 
     # evaluation too: its network follows the record without a flag
     scored = bundle_run(["train.json", "evaluate.json", "small.json"], {**common, "output_dir": tmp_path / "eval"})
@@ -266,10 +260,7 @@ def test_option_values_are_checked_one_way_with_the_closest_valid_value():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "option, value, hint",
-    [("patch_merging", "legacyy", "did you mean 'legacy'"), ("attention", "sdp", "did you mean 'sdpa'")],
-)
+@pytest.mark.parametrize("option, value, hint", [("patch_merging", "legacyy", "did you mean 'legacy'")])
 def test_a_misspelled_option_value_is_one_line_from_the_command(option, value, hint, tmp_path, phantoms, random_model):
     proc = bundle_run(
         ["inference.json", "small.json"],

@@ -55,6 +55,14 @@ def _configs(names: list[str]) -> str:
     return str([os.path.join(BUNDLE_ROOT, "configs", n) for n in names])
 
 
+def training_cases(datalist: str, count: int, split_seed: int = 0) -> list[str]:
+    """The ``count`` training images a cell trains on: the Split that train.json builds from ``label_fraction``
+    and ``split_seed`` (one seeded order of the list, so smaller sets are subsets of larger ones)."""
+    entries = load_datalist_json(datalist)["training"]
+    split = Split(None, fraction=count / len(entries), seed=split_seed)
+    return [e["image"] for e in split.select(entries, "training")]
+
+
 def run_cell(encoder, count, seed, n_train, common: dict, configs: list, folder: str, frozen: bool) -> dict:
     """Fine-tune and evaluate one cell in ``folder``; returns (and writes) its result."""
     os.makedirs(folder, exist_ok=True)
@@ -75,11 +83,7 @@ def run_cell(encoder, count, seed, n_train, common: dict, configs: list, folder:
     with open(os.path.join(folder, "eval", "val_mean_dice_per_case.csv")) as f:
         mean_row = next(r for r in csv.DictReader(f) if r["case"] == "mean")
     result = {"encoder": encoder, "count": count, "seed": seed, "frozen": frozen}
-    # the cases the workflow trained on: the same Split train.json builds from these ids
-    split = Split(None, fraction=count / n_train, seed=int(common["split_seed"]))
-    result["training_cases"] = [
-        e["image"] for e in split.select(load_datalist_json(common["datalist"])["training"], "training")
-    ]
+    result["training_cases"] = training_cases(common["datalist"], count, int(common["split_seed"]))
     result["dice"] = {k: (float(v) if v else float("nan")) for k, v in mean_row.items() if k != "case"}
     with atomic_path(os.path.join(folder, "result.json")) as tmp, open(tmp, "w") as f:
         json.dump(result, f, indent=2)  # written last: its presence marks the cell finished
