@@ -75,7 +75,9 @@ def monai_label_network(ckpt_dir, overrides: dict) -> torch.nn.Module:
     parser.read_config(str(ROOT / "configs" / "inference.json"))
     parser.config.update({"bundle_root": str(ROOT), "ckpt_dir": str(ckpt_dir), **overrides})
     network = parser.get_parsed_content("network_def", instantiate=True)
-    checkpoint = torch.load(ckpt_dir / "model.pt", map_location="cpu", weights_only=True)  # torch's default, as MONAI Label gets it
+    checkpoint = torch.load(
+        ckpt_dir / "model.pt", map_location="cpu", weights_only=True
+    )  # torch's default, as MONAI Label gets it
     network.load_state_dict(checkpoint.get("model", checkpoint), strict=True)
     return network.eval()
 
