@@ -62,3 +62,16 @@ def test_the_paired_table_subtracts_scratch_seed_by_seed():
     assert row["low"] == pytest.approx(0.1) and row["high"] == pytest.approx(0.1)  # the same gain on every seed
     low, high = bootstrap_interval([0.0, 1.0, 0.0, 1.0])
     assert 0 <= low < 0.5 < high <= 1
+
+
+def test_an_iteration_budget_gives_every_count_the_same_steps_and_warm_up():
+    from scripts.errors import ConfigError
+    from scripts.tools.label_study import iteration_budget
+
+    for count in (2, 4, 8):
+        budget = iteration_budget(120, count)
+        assert budget["max_epochs"] * count == 120 and budget["val_interval"] == budget["max_epochs"]
+        # train.json's warm-up in steps: round(warmup_epochs / max_epochs * max_epochs * steps per epoch)
+        assert round(budget["warmup_epochs"] * count) == 7
+    with pytest.raises(ConfigError, match="multiple"):
+        iteration_budget(100, 8)

@@ -3,10 +3,11 @@
 Runs the bundle's own configs with ``configs/small_pretrain.json`` and ``configs/small.json``
 (CPU-sized Swin UNETR), exactly as a user would from the command line. Pre-training uses the
 phantoms and, when present, the unlabelled real CT in ``../shared/data/real_ct``; fine-tuning starts
-from the pre-trained encoder. Prints the pre-training losses and the per-organ Dice table and writes
+from the pre-trained encoder, and the same fine-tuning from random weights (same epochs, seed and data) is
+evaluated beside it on the same held-out phantoms. Prints the pre-training losses and the per-organ Dice table and writes
 under ``out_dir``: ``report.md``, ``slices.png`` (image / ground truth / prediction of the held-out
 phantom), ``pretrain.png`` (inpainting at the last pre-training iteration) and the outputs of each
-step (``pretrain/``, ``train/``, ``eval/``, ``inference/``).
+step (``pretrain/``, ``train/``, ``eval/``, ``inference/``; ``scratch/`` for the comparison).
 
     python -m scripts.tools.demo --out_dir runs/demo
 """
@@ -140,7 +141,7 @@ def run_demo(
     num_train: int = 16,
     num_val: int = 4,
     pretrain_iterations: int = 40,
-    max_epochs: int = 30,
+    max_epochs: int = 15,
     seed: int = 0,
     real_ct_dir: str = os.path.join(os.path.dirname(ROOT), "shared", "data", "real_ct"),
 ):
@@ -149,7 +150,7 @@ def run_demo(
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
 
-    print(f"=== [1/5] generating {num_train} + {num_val} + 1 phantoms in {data_dir}", flush=True)
+    print(f"=== [1/6] generating {num_train} + {num_val} + 1 phantoms in {data_dir}", flush=True)
     datalist = write_phantoms(data_dir, num_train=num_train, num_val=num_val, num_test=1, seed=seed, progress=True)
 
     common = {"dataset_dir": data_dir, "ckpt_dir": os.path.join(out_dir, "models")}
@@ -160,7 +161,7 @@ def run_demo(
         print(f"(no unlabelled real CT at {real_ct_dir}: pre-training on the phantoms only)")
     interval = pretrain_iterations // 2
     t_pretrain = _bundle_run(
-        f"[2/5] self-supervised pre-training on {len(sources)} source(s) (feature_size 12, 64^3 crops)",
+        f"[2/6] self-supervised pre-training on {len(sources)} source(s) (feature_size 12, 64^3 crops)",
         ["pretrain.json", "small_pretrain.json"],
         output_dir=os.path.join(out_dir, "pretrain"),
         train_sources=sources,
@@ -173,7 +174,7 @@ def run_demo(
     )
     encoder = os.path.join(common["ckpt_dir"], "ssl_encoder.pt")
     t_train = _bundle_run(
-        "[3/5] fine-tuning Swin UNETR from the pre-trained encoder",
+        "[3/6] fine-tuning Swin UNETR from the pre-trained encoder",
         ["train.json", "small.json"],
         output_dir=os.path.join(out_dir, "train"),
         max_epochs=max_epochs,
@@ -181,15 +182,30 @@ def run_demo(
         pretrained_encoder=encoder,
         **common,
     )
+    scratch = {**common, "ckpt_dir": os.path.join(out_dir, "scratch", "models")}
+    t_scratch = _bundle_run(
+        "[4/6] the same fine-tuning from random weights, for comparison",
+        ["train.json", "small.json"],
+        output_dir=os.path.join(out_dir, "scratch", "train"),
+        max_epochs=max_epochs,
+        val_interval=max_epochs,
+        **scratch,
+    )
     t_eval = _bundle_run(
-        "[4/5] evaluating on the held-out validation phantoms",
+        "[5/6] evaluating both on the held-out validation phantoms",
         ["train.json", "evaluate.json", "small.json"],
         output_dir=os.path.join(out_dir, "eval"),
         **common,
     )
+    t_eval += _bundle_run(
+        "[5/6] (from random weights)",
+        ["train.json", "evaluate.json", "small.json"],
+        output_dir=os.path.join(out_dir, "scratch", "eval"),
+        **scratch,
+    )
     test_case = json.load(open(datalist))["test"][0]
     t_infer = _bundle_run(
-        "[5/5] inference on a held-out phantom",
+        "[6/6] inference on a held-out phantom",
         ["inference.json", "small.json"],
         dataset_dir=os.path.join(data_dir, os.path.dirname(test_case["image"])),
         output_dir=os.path.join(out_dir, "inference"),
@@ -198,6 +214,11 @@ def run_demo(
 
     dice = _read_means(os.path.join(out_dir, "eval", "val_mean_dice_per_case.csv"))
     hd95 = _read_means(os.path.join(out_dir, "eval", "val_hd95_mm_per_case.csv"))
+    scratch_dice = _read_means(os.path.join(out_dir, "scratch", "eval", "val_mean_dice_per_case.csv"))["mean"]
+    comparison = (
+        f"mean Dice over 13 organs on held-out phantoms: {dice['mean']:.3f} from the pre-trained encoder, "
+        f"{scratch_dice:.3f} from random weights (same {max_epochs} epochs, seed and phantoms)"
+    )
     name = os.path.basename(test_case["image"]).replace(".nii.gz", "")
     png = os.path.join(out_dir, "slices.png")
     _slices_png(
@@ -227,16 +248,17 @@ def run_demo(
         f"{', '.join(f'`{s}`' for s in sources)}; then fine-tuned from the pre-trained encoder on {num_train} phantoms "
         f"for {max_epochs} epochs with `configs/small.json` (feature_size 12, 64^3 crops, 4 mm voxels); evaluated on "
         f"{num_val} held-out phantoms on their original grids.\n\n"
-        f"{losses}\n\n![pre-training](pretrain.png)\n\n{table}\n\n"
-        f"Times: pre-training {t_pretrain:.0f} s, fine-tuning {t_train:.0f} s, evaluation {t_eval:.0f} s, "
+        f"{losses}\n\n![pre-training](pretrain.png)\n\n{table}\n\n{comparison[0].upper()}{comparison[1:]}.\n\n"
+        f"Times: pre-training {t_pretrain:.0f} s, fine-tuning {t_train:.0f} s (from random weights "
+        f"{t_scratch:.0f} s), evaluation {t_eval:.0f} s, "
         f"inference {t_infer:.0f} s, total {total:.0f} s.\n\n"
         f"![slices](slices.png)\n\nOutputs: `pretrain/` (losses.csv, images/, TensorBoard, checkpoints), "
         f"`models/ssl_encoder.pt`, `train/` (logs, TensorBoard, checkpoints), `models/model.pt`, `eval/` "
-        f"(CSV tables, predicted label maps), `inference/{name}_seg.nii.gz`.\n"
+        f"(CSV tables, predicted label maps), `inference/{name}_seg.nii.gz`, `scratch/` (the comparison).\n"
     )
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(report)
-    print(f"\n{losses}\n\n{table}\n\nmean Dice over 13 organs on held-out phantoms: {dice['mean']:.3f}")
+    print(f"\n{losses}\n\n{table}\n\n{comparison}")
     print(f"report: {os.path.join(out_dir, 'report.md')}\nslices: {png}\ntotal time: {total:.0f} s")
     return dice["mean"]
 

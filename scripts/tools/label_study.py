@@ -5,7 +5,8 @@
         --overlays "['small.json']" --out_dir runs/study
 
 Every cell (encoder x labelled-volume count x seed) fine-tunes ``train.json`` (plus the preset and overlays)
-with the same budget and schedule on the first ``count`` volumes of one seeded order of the training list
+with the same budget and schedule (``--iterations``: the same optimiser steps for every cell at batch_size 1,
+or ``--max_epochs``) on the first ``count`` volumes of one seeded order of the training list
 (``scripts.tasks.splits``: smaller sets are subsets of larger ones), then evaluates on the datalist's own
 validation list, the same for every cell. ``scratch`` starts from random weights; any other entry is a weight
 file in a layout the bundle loads. ``--frozen True`` keeps the encoder frozen (a quick linear-probe-like check).
@@ -90,6 +91,16 @@ def run_cell(encoder, count, seed, n_train, common: dict, configs: list, folder:
     return result
 
 
+def iteration_budget(iterations: int, count: int) -> dict:
+    """Overrides that give a cell of ``count`` volumes ``iterations`` optimiser steps (one volume per step, so
+    ``iterations / count`` epochs) with the warm-up over the same first 1/16 of them as ``small.json``: every
+    count then gets the same compute and the same schedule in steps."""
+    if iterations % count:
+        raise ConfigError(f"iterations {iterations}: must be a multiple of each labelled-volume count ({count})")
+    epochs = iterations // count
+    return {"max_epochs": epochs, "val_interval": epochs, "warmup_epochs": max(1, iterations // 16) / count}
+
+
 def bootstrap_interval(values, reps: int = 10000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean of ``values`` (a single value: that value twice)."""
     values = np.asarray(values, dtype=float)
@@ -151,6 +162,7 @@ def study(
     preset: str = "",
     overlays=(),
     max_epochs: int | None = None,
+    iterations: int | None = None,
     frozen=False,
     split_seed: int = 0,
 ) -> list[dict]:
@@ -169,6 +181,9 @@ def study(
         if encoder != "scratch" and not os.path.isfile(encoder):
             raise InputError(f"encoder {encoder}: file not found")
     configs = ([f"tasks/{preset}.json"] if preset else []) + list(overlays)
+    if max_epochs and iterations:
+        raise ConfigError("give max_epochs (the same epochs for every cell) or iterations, not both")
+    budgets = {int(c): iteration_budget(int(iterations), int(c)) if iterations else {} for c in counts}
     common = {"dataset_dir": os.path.abspath(dataset_dir), "datalist": os.path.abspath(datalist)}
     common["split_seed"] = split_seed
     if max_epochs:
@@ -183,7 +198,7 @@ def study(
                 results.append(json.load(f))
             print(f"[{done + 1}/{len(cells)}] {cell_name(encoder, count, seed)}: finished earlier", flush=True)
             continue
-        results.append(run_cell(encoder, count, seed, n_train, common, configs, folder, frozen))
+        results.append(run_cell(encoder, count, seed, n_train, {**common, **budgets[count]}, configs, folder, frozen))
         computed += 1
         eta = (time.time() - start) / computed * (len(cells) - done - 1)
         print(
