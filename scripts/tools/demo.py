@@ -4,8 +4,8 @@ Runs the bundle's own configs with ``configs/small_pretrain.json`` and ``configs
 (CPU-sized Swin UNETR), exactly as a user would from the command line. Pre-training uses the
 phantoms and, when present, the unlabelled real CT in ``../shared/data/real_ct``; fine-tuning starts
 from the pre-trained encoder, and the same fine-tuning from random weights (same epochs, seed and data) is
-evaluated beside it on the same held-out phantoms. Prints the pre-training losses and the per-organ Dice table and writes
-under ``out_dir``: ``report.md``, ``slices.png`` (image / ground truth / prediction of the held-out
+evaluated beside it on the same held-out phantoms. Prints the pre-training losses and the per-organ Dice
+table and writes under ``out_dir``: ``report.md``, ``slices.png`` (image / ground truth / prediction of the held-out
 phantom), ``pretrain.png`` (inpainting at the last pre-training iteration) and the outputs of each
 step (``pretrain/``, ``train/``, ``eval/``, ``inference/``; ``scratch/`` for the comparison).
 
