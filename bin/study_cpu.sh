@@ -7,8 +7,8 @@
 set -euo pipefail
 out=$(realpath -m "${1:-runs/study_cpu}")  # before setup_env.sh moves to the bundle root
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
-pretrain_iterations=${PRETRAIN_ITERATIONS:-300}
-iterations=${ITERATIONS:-120}
+pretrain_iterations=${PRETRAIN_ITERATIONS:-200}
+iterations=${ITERATIONS:-112}
 real_ct=$(realpath -m ../shared/data/real_ct)
 
 python -m scripts.tools.phantoms --out_dir "$out/data" --num_train 16 --num_val 4 --num_test 0
