@@ -72,25 +72,32 @@ def assert_ranks_agree(out_dir, rank0_writers):
     assert {"StopOnNonFiniteLoss", "LrScheduleHandler"} <= handlers[1]
 
 
-@pytest.mark.slow
-def test_pretraining_on_two_processes_runs_resumes_and_keeps_the_ranks_in_step(phantoms, tmp_path):
-    runs = tmp_path / "runs"
-    overrides = {
+PRETRAIN = ["pretrain.json", "small_pretrain.json", "multi_gpu_pretrain.json"]
+
+
+def short_pretraining(phantoms, tmp_path, **overrides) -> dict:
+    """Two iterations on the phantoms, validation at the end, a snapshot and a loss row at every iteration."""
+    return {
         "dataset_dir": phantoms,
         "val_sources": [str(phantoms / "imagesTr" / "phantom_00[01].nii.gz")],
-        "output_dir": runs,
+        "output_dir": tmp_path / "runs",
         "ckpt_dir": tmp_path / "models",
         "max_iterations": 2,
-        "ckpt_interval": 1,
         "val_interval": 2,
         "image_interval": 1,
         "log_interval": 1,
         "num_samples": 1,
+        **overrides,
     }
-    names = ["pretrain.json", "small_pretrain.json", "multi_gpu_pretrain.json"]
-    first = torchrun(tmp_path, names, {**overrides, "train#trainer#max_epochs": 1})
+
+
+@pytest.mark.slow
+def test_pretraining_on_two_processes_runs_resumes_and_keeps_the_ranks_in_step(phantoms, tmp_path):
+    runs = tmp_path / "runs"
+    overrides = short_pretraining(phantoms, tmp_path, ckpt_interval=1)
+    first = torchrun(tmp_path, PRETRAIN, {**overrides, "train#trainer#max_epochs": 1})
     assert "2 processes (gloo backend)" in first.stdout + first.stderr
-    second = torchrun(tmp_path, names, {**overrides, "resume": True})
+    second = torchrun(tmp_path, PRETRAIN, {**overrides, "resume": True})
     assert "Restored all variables from" in second.stdout + second.stderr
     final = torch.load(runs / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == 2
@@ -100,6 +107,19 @@ def test_pretraining_on_two_processes_runs_resumes_and_keeps_the_ranks_in_step(p
         assert [row["iteration"] for row in csv.DictReader(f)] == ["1", "2"]
     assert sorted(p.name for p in (runs / "images").iterdir()) == ["iteration_0000001.png", "iteration_0000002.png"]
     assert len({p.name.rsplit(".", 2)[1] for p in runs.glob("events.out.tfevents.*")}) == 2  # one process per run
+    assert (tmp_path / "models" / "ssl_encoder.pt").exists()
+
+
+@pytest.mark.slow
+def test_pretraining_with_all_four_proxy_tasks_on_two_processes_keeps_the_ranks_in_step(phantoms, tmp_path):
+    runs = tmp_path / "runs"
+    every_task = "['inpainting','rotation','contrastive','mim']"
+    torchrun(tmp_path, PRETRAIN, short_pretraining(phantoms, tmp_path, ckpt_interval=2, proxy_tasks=every_task))
+    assert_ranks_agree(runs, {"LossHistory", "ReconstructionSnapshots"})
+    assert "mask_token" in torch.load(runs / "weights_rank0.pt", weights_only=True)
+    with open(runs / "losses.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["iteration"] for r in rows] == ["1", "2"] and all(float(r["mim"]) > 0 for r in rows)
     assert (tmp_path / "models" / "ssl_encoder.pt").exists()
 
 

@@ -175,7 +175,8 @@ def network():
 def test_rotation_and_contrastive_heads_read_the_first_two_bottleneck_tokens(network):
     x = torch.rand(2, 1, 64, 64, 64)
     with torch.no_grad():
-        rotation, projection, _ = network(x)
+        out = network(x)
+        rotation, projection = out["rotation"], out["projection"]
         bottleneck = network.swinViT(x)[4]  # (B, 16f, 2, 2, 2)
     assert bottleneck.shape == (2, 192, 2, 2, 2)
     # token 0 is grid cell (0, 0, 0), token 1 the next one along the last axis, (0, 0, 1)
@@ -189,7 +190,8 @@ def test_the_pooled_token_choice_feeds_both_heads_the_mean_token():
     net = SSLHead(in_channels=1, feature_size=12, token_choice="pool").eval()
     x = torch.rand(1, 1, 64, 64, 64)
     with torch.no_grad():
-        rotation, projection, _ = net(x)
+        out = net(x)
+        rotation, projection = out["rotation"], out["projection"]
         mean = net.swinViT(x)[4].mean((2, 3, 4))
     assert torch.allclose(rotation, net.rotation_head(mean), atol=1e-6)
     assert torch.allclose(projection, net.contrastive_head(mean), atol=1e-6)
@@ -221,7 +223,7 @@ def test_the_reconstruction_head_is_the_documented_decoder(network):
     )
     x = torch.rand(1, 1, 64, 64, 64)
     with torch.no_grad():  # it decodes the bottleneck, with no output activation
-        _, _, reconstruction = network(x)
+        reconstruction = network(x)["reconstruction"]
         assert torch.allclose(reconstruction, network.reconstruction_head(network.swinViT(x)[4]), atol=1e-6)
 
 
@@ -250,7 +252,8 @@ def test_the_total_loss_is_the_weighted_sum_of_cross_entropy_nt_xent_and_l1():
     p1, p2 = torch.randn(3, 8), torch.randn(3, 8)
     rec, target = torch.rand(6, 1, 4, 4, 4), torch.rand(6, 1, 4, 4, 4)
     terms = SSLLoss(rotation_weight=2.0, contrastive_weight=3.0, reconstruction_weight=4.0)(
-        logits, k, p1, p2, rec, target
+        {"rotation": logits, "projection": torch.cat([p1, p2]), "reconstruction": rec},
+        {"rotation": k, "reconstruction": target},
     )
     ce = -torch.log_softmax(logits, 1)[torch.arange(6), k].mean()
     l1 = (rec - target).abs().mean()

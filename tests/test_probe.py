@@ -29,7 +29,7 @@ def corner_turn(x: torch.Tensor) -> torch.Tensor:
 
 
 class FakeSSL(torch.nn.Module):
-    """(rotation logits, projection, reconstruction) like SSLHead: the rotation head answers ``answer(x)``."""
+    """Outputs like SSLHead's with the paper's tasks: the rotation head answers ``answer(x)``."""
 
     def __init__(self, answer, projection=None):
         super().__init__()
@@ -38,7 +38,7 @@ class FakeSSL(torch.nn.Module):
     def forward(self, x):
         logits = torch.nn.functional.one_hot(self.answer(x), 4).float()
         projection = self.projection(x) if self.projection else x.flatten(1)[:, :16]
-        return logits, projection, x
+        return {"rotation": logits, "projection": projection, "reconstruction": x}
 
 
 def probe(network, tmp_path, volumes=3, crops=2) -> ProxyProbe:

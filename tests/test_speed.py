@@ -150,10 +150,14 @@ def test_amp_dtype_reaches_the_pre_training_step():
         def forward(self, x):
             seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
             n = x.shape[0]
-            return self.w * torch.ones(n, 4), self.w * torch.randn(n, 8), self.w * x
+            return {
+                "rotation": self.w * torch.ones(n, 4),
+                "projection": self.w * torch.randn(n, 8),
+                "reconstruction": self.w * x,
+            }
 
-    def loss(*args):
-        return {"total": args[0].float().sum() * 0 + args[4].float().mean()}
+    def loss(outputs, targets):
+        return {"total": outputs["rotation"].sum() * 0 + outputs["reconstruction"].mean()}
 
     net = Probe()
     engine = SimpleNamespace(

@@ -58,7 +58,8 @@ def test_contrastive_term_equals_monai_contrastive_loss():
     p1, p2 = torch.randn(4, 32), torch.randn(4, 32)
     loss = SSLLoss(temperature=0.5)
     terms = loss(
-        torch.randn(8, 4), torch.randint(0, 4, (8,)), p1, p2, torch.rand(8, 1, 4, 4, 4), torch.rand(8, 1, 4, 4, 4)
+        {"rotation": torch.randn(8, 4), "projection": torch.cat([p1, p2]), "reconstruction": torch.rand(8, 1, 4, 4, 4)},
+        {"rotation": torch.randint(0, 4, (8,)), "reconstruction": torch.rand(8, 1, 4, 4, 4)},
     )
     assert torch.allclose(terms["contrastive"], ContrastiveLoss(temperature=0.5)(p1, p2))
     assert torch.allclose(terms["total"], terms["rotation"] + terms["contrastive"] + terms["reconstruction"])
@@ -68,7 +69,8 @@ def test_contrastive_term_equals_monai_contrastive_loss():
 def test_ssl_network_output_shapes(feature_size, size):
     net = SSLHead(in_channels=1, feature_size=feature_size).eval()
     with torch.no_grad():
-        rot, proj, rec = net(torch.rand(2, 1, size, size, size))
+        out = net(torch.rand(2, 1, size, size, size))
+    rot, proj, rec = out["rotation"], out["projection"], out["reconstruction"]
     assert rot.shape == (2, 4) and proj.shape == (2, 512) and rec.shape == (2, 1, size, size, size)
 
 

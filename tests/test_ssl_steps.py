@@ -31,7 +31,7 @@ class TinySSL(nn.Module):
     def forward(self, x):
         h = torch.relu(self.conv(x))
         pooled = h.mean((2, 3, 4))
-        return self.rotation(pooled), self.projection(pooled), self.out(h)
+        return {"rotation": self.rotation(pooled), "projection": self.projection(pooled), "reconstruction": self.out(h)}
 
 
 def engine(network, scaler=None, lr=1.0):

@@ -1,4 +1,5 @@
-"""Pre-training loss: a1 * CE(rotation) + a2 * NT-Xent(two views) + a3 * L1(reconstruction)."""
+"""Pre-training loss: a1 * CE(rotation) + a2 * NT-Xent(two views) + a3 * L1(reconstruction), each term only
+when its task is selected, plus a4 * masked L1 of SimMIM's masked image modelling when ``mim`` is."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scripts.distributed import all_gather_with_grad, rank, world_size
+from scripts.pretraining.mim import masked_l1
+from scripts.pretraining.tasks import PAPER_TASKS, TERMS, check_tasks
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: bool = False) -> torch.Tensor:
@@ -36,13 +39,15 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather
 
 
 class SSLLoss(nn.Module):
-    """Weighted sum of the three proxy-task losses; ``forward`` returns each term and the total.
+    """Weighted sum of the selected proxy-task losses; ``forward`` returns each term and the total.
 
     Args:
         rotation_weight, contrastive_weight, reconstruction_weight: a1, a2, a3 (reference code: 1, 1, 1).
         temperature: NT-Xent temperature (reference code: 0.5).
         gather_negatives: under ``torch.distributed``, contrast against the crops of all ranks (see
             ``nt_xent``); the reference code used only the crops on the same GPU.
+        mim_weight: a4, the weight of the masked-image-modelling term.
+        tasks: the selected proxy tasks (``scripts.pretraining.tasks``); terms of the others are not computed.
     """
 
     def __init__(
@@ -52,30 +57,33 @@ class SSLLoss(nn.Module):
         reconstruction_weight: float = 1.0,
         temperature: float = 0.5,
         gather_negatives: bool = False,
+        mim_weight: float = 1.0,
+        tasks=PAPER_TASKS,
     ):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.weights = (rotation_weight, contrastive_weight, reconstruction_weight)
+        self.tasks = check_tasks(tasks)
+        weights = {"rotation": rotation_weight, "contrastive": contrastive_weight}
+        weights.update(reconstruction=reconstruction_weight, mim=mim_weight)
+        self.weights = {TERMS[t]: float(weights[TERMS[t]]) for t in self.tasks}
         self.temperature, self.gather_negatives = temperature, gather_negatives
         self.rotation = nn.CrossEntropyLoss()
         self.reconstruction = nn.L1Loss()
 
-    def forward(
-        self,
-        rotation_logits: torch.Tensor,
-        rotation_target: torch.Tensor,
-        projection1: torch.Tensor,
-        projection2: torch.Tensor,
-        reconstruction: torch.Tensor,
-        target: torch.Tensor,
-    ) -> dict:
-        """Shapes: logits (2B, 4), targets (2B,), projections (B, P) each, reconstruction and target
-        (2B, C, H, W, D) with the two views concatenated along the batch."""
-        terms = {
-            "rotation": self.rotation(rotation_logits, rotation_target),
-            "contrastive": nt_xent(projection1, projection2, self.temperature, self.gather_negatives),
-            "reconstruction": self.reconstruction(reconstruction, target),
-        }
-        terms["total"] = sum(w * t for w, t in zip(self.weights, terms.values()))
+    def forward(self, outputs: dict, targets: dict) -> dict:
+        """``outputs`` of ``SSLHead`` (float), ``targets``: ``rotation`` k (2B,) and ``reconstruction`` (2B, C, H, W,
+        D) for the two views concatenated along the batch (view 1 of all crops, then view 2); ``mim`` crops
+        (M, C, H, W, D) and ``mim_mask`` (M, 1, H, W, D) for MIM."""
+        terms = {}
+        if "rotation" in self.tasks:
+            terms["rotation"] = self.rotation(outputs["rotation"], targets["rotation"])
+        if "contrastive" in self.tasks:
+            p1, p2 = outputs["projection"].chunk(2)
+            terms["contrastive"] = nt_xent(p1, p2, self.temperature, self.gather_negatives)
+        if "inpainting" in self.tasks:
+            terms["reconstruction"] = self.reconstruction(outputs["reconstruction"], targets["reconstruction"])
+        if "mim" in self.tasks:
+            terms["mim"] = masked_l1(outputs["mim"], targets["mim"], targets["mim_mask"])
+        terms["total"] = sum(self.weights[name] * term for name, term in terms.items())
         return terms

@@ -41,14 +41,16 @@ class LossHistory:
 
 class ReconstructionSnapshots:
     """Every ``interval`` iterations, a PNG (and a TensorBoard image) of the middle slice of the first
-    crop of the batch: the rotated crop, its masked view (the network input) and the reconstruction.
+    crop of the batch: the rotated crop, its masked view (the network input) and the reconstruction of
+    inpainting, or with MIM alone the crop, its masked blocks (0) and MIM's prediction. Selections with
+    neither task have nothing to show (said once in the log).
 
     Files go to ``<out_dir>/iteration_XXXXXXX.png``; TensorBoard images go to ``log_dir`` when given.
     """
 
     def __init__(self, out_dir: str, interval: int = 1000, log_dir: str | None = None):
         self.out_dir, self.interval, self.log_dir = out_dir, interval, log_dir
-        self._writer = None
+        self._writer, self._said = None, False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
@@ -68,15 +70,27 @@ class ReconstructionSnapshots:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        it = engine.state.iteration
-        panels = self.panels(engine.state.output)
+        it, output = engine.state.iteration, engine.state.output
+        if "pred" not in output:
+            if not self._said:
+                logger.info("no reconstruction snapshots: neither inpainting nor mim is among the proxy tasks")
+                self._said = True
+            return
+        panels = self.panels(output)
+        terms = output["terms"]
+        mim = "reconstruction" not in terms
+        titles = (
+            ("crop", "masked blocks (MIM)", "MIM prediction")
+            if mim
+            else ("crop (rotated)", "masked input", "reconstruction")
+        )
         fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-        for ax, img, title in zip(axes, panels, ("crop (rotated)", "masked input", "reconstruction")):
+        for ax, img, title in zip(axes, panels, titles):
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             ax.set_title(title, fontsize=10)
             ax.axis("off")
-        terms = engine.state.output["terms"]
-        fig.suptitle(f"iteration {it}: L1 {terms['reconstruction']:.3f}, total loss {terms['total']:.3f}", fontsize=10)
+        l1 = terms["mim" if mim else "reconstruction"]
+        fig.suptitle(f"iteration {it}: L1 {l1:.3f}, total loss {terms['total']:.3f}", fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.9))
         os.makedirs(self.out_dir, exist_ok=True)
         path = os.path.join(self.out_dir, f"iteration_{it:07d}.png")

@@ -5,9 +5,10 @@ At the end of every validation, on the validation volumes: ``crops_per_volume`` 
 balanced by construction: >= 160 views for 5 volumes x 8 crops), the two masked views of each crop for
 inpainting (L1 on the masked voxels against the L1 of leaving the masked input as it is) and contrastive coding
 (top-1 of the other view among all the probe's crops, beside its chance level 1 / crops), and the collapse of the
-projections. Written to the evaluator's metrics (``val_probe_*``: logged by StatsHandler / TensorBoard like the
-others), to ``<output_dir>/probe.csv`` (one row per validation) and ``<output_dir>/probe/epoch_<n>.json``
-(with the rotation confusion matrix).
+projections; with ``mim`` selected, MIM's L1 on its masked voxels against the L1 of filling them with the mean of
+each crop's visible voxels. Only the selected tasks are measured. Written to the evaluator's metrics
+(``val_probe_*``: logged by StatsHandler / TensorBoard like the others), to ``<output_dir>/probe.csv`` (one row
+per validation) and ``<output_dir>/probe/epoch_<n>.json`` (with the rotation confusion matrix).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from scripts.atomic_files import atomic_path
 from scripts.distributed import unwrap_model
 from scripts.pretraining.chance import collapse_report, rotation_report
 from scripts.pretraining.proxy_tasks import REFERENCE_ROTATION_AXES, check_rotation_plane
-from scripts.pretraining.views import make_views
+from scripts.pretraining.steps import ViewedStep
+from scripts.pretraining.tasks import PAPER_TASKS, check_tasks
 
 
 class ProxyProbe:
@@ -38,6 +40,7 @@ class ProxyProbe:
         output_dir: where ``probe.csv`` and ``probe/`` go.
         seed: the crops and views are drawn from this seed (and the volume's index), the same at every validation.
         rotation_axes, view_options: as for pre-training (``make_views``).
+        tasks, mim_mask_ratio, mim_block_size: the selected proxy tasks and MIM's masking, as in pre-training.
     """
 
     def __init__(
@@ -49,17 +52,21 @@ class ProxyProbe:
         output_dir: str = ".",
         seed: int = 0,
         rotation_axes=REFERENCE_ROTATION_AXES,
+        tasks=PAPER_TASKS,
+        mim_mask_ratio: float = 0.6,
+        mim_block_size: int = 32,
         **view_options,
     ):
         self.network, self.volumes, self.roi_size = network, volumes, [int(s) for s in roi_size]
         self.crops_per_volume, self.output_dir, self.seed = int(crops_per_volume), output_dir, seed
-        self.rotation_axes = tuple(rotation_axes)
-        self.view_args = (
-            view_options.get("max_fraction", 0.3),
-            view_options.get("min_side", 0.05),
-            view_options.get("max_side", 0.25),
-            self.rotation_axes,
-            view_options.get("swap_source", "unmasked"),
+        self.rotation_axes, self.tasks = tuple(rotation_axes), check_tasks(tasks)
+        # the training step's own view and mask making, so the probe measures the tasks as they are trained
+        self.step = ViewedStep(
+            rotation_axes=self.rotation_axes,
+            tasks=self.tasks,
+            mim_mask_ratio=mim_mask_ratio,
+            mim_block_size=mim_block_size,
+            **view_options,
         )
         check_rotation_plane(self.roi_size, self.rotation_axes)
 
@@ -74,64 +81,101 @@ class ProxyProbe:
 
     @torch.no_grad()
     def measure(self, device) -> dict:
-        """Run the probe; returns the report (see the module docstring)."""
+        """Run the probe; returns the report of the selected tasks (see the module docstring)."""
         network = unwrap_model(self.network)
         was_training = network.training
         network.eval()
         dims = tuple(a + 2 for a in self.rotation_axes)  # spatial axis -> batch dim
-        predicted, targets, first, second, l1, l1_input = [], [], [], [], [], []
+        predicted, targets, first, second = [], [], [], []
+        l1 = {"inpainting": [], "inpainting_input": [], "mim": [], "mim_mean": []}
         try:
             for index in range(len(self.volumes)):
                 x = self.crops(index, self.volumes[index]["image"]).float().to(device)
-                for k in range(4):
-                    logits = network(x.rot90(k, dims=dims))[0]
-                    predicted.append(logits.argmax(1).cpu())
-                    targets.append(torch.full((x.shape[0],), k))
+                if "rotation" in self.tasks:
+                    for k in range(4):
+                        predicted.append(network(x=x.rot90(k, dims=dims))["rotation"].argmax(1).cpu())
+                        targets.append(torch.full((x.shape[0],), k))
                 devices = [x.device] if x.device.type == "cuda" else []
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(self.seed + index)
-                    inputs, _, target = make_views(x, *self.view_args)
-                _, projection, reconstruction = network(inputs)
-                masked = inputs != target  # the voxels the masking changed
-                if masked.any():
-                    l1.append(float((reconstruction.float() - target).abs()[masked].mean()))
-                    l1_input.append(float((inputs - target).abs()[masked].mean()))
-                p1, p2 = projection.float().cpu().chunk(2)
-                first.append(p1)
-                second.append(p2)
+                    inputs, wanted = self.step.inputs(x)
+                out = network(**inputs)
+                if "reconstruction" in out:
+                    masked = inputs["x"] != wanted["reconstruction"]  # the voxels the masking changed
+                    if masked.any():
+                        l1["inpainting"].append(
+                            float((out["reconstruction"].float() - wanted["reconstruction"]).abs()[masked].mean())
+                        )
+                        l1["inpainting_input"].append(
+                            float((inputs["x"] - wanted["reconstruction"]).abs()[masked].mean())
+                        )
+                if "mim" in out:
+                    hidden = wanted["mim_mask"].expand_as(x).bool()
+                    visible_mean = (x * ~hidden).flatten(1).sum(1) / (~hidden).flatten(1).sum(1).clamp_min(1)
+                    l1["mim"].append(float((out["mim"].float() - x).abs()[hidden].mean()))
+                    l1["mim_mean"].append(
+                        float((visible_mean[:, None, None, None, None] - x).expand_as(x).abs()[hidden].mean())
+                    )
+                if "projection" in out:
+                    p1, p2 = out["projection"].float().cpu().chunk(2)
+                    first.append(p1)
+                    second.append(p2)
         finally:
             network.train(was_training)
-        p1, p2 = torch.cat(first), torch.cat(second)
-        similarity = torch.nn.functional.normalize(p1, dim=1) @ torch.nn.functional.normalize(p2, dim=1).T
-        same = torch.arange(p1.shape[0])
-        top1 = torch.cat([similarity.argmax(1) == same, similarity.argmax(0) == same]).float().mean()
-        return {
-            "rotation": rotation_report(torch.cat(predicted), torch.cat(targets)),
-            "contrastive": {"top1": float(top1), "chance": 1 / p1.shape[0], "crops": int(p1.shape[0])},
-            "inpainting": {
-                "l1_masked": sum(l1) / len(l1) if l1 else float("nan"),
-                "l1_masked_input": sum(l1_input) / len(l1_input) if l1_input else float("nan"),
-            },
-            "collapse": collapse_report(torch.cat([p1, p2])),
-        }
+
+        def mean(values):
+            return sum(values) / len(values) if values else float("nan")
+
+        report = {}
+        if "rotation" in self.tasks:
+            report["rotation"] = rotation_report(torch.cat(predicted), torch.cat(targets))
+        if "contrastive" in self.tasks:
+            p1, p2 = torch.cat(first), torch.cat(second)
+            similarity = torch.nn.functional.normalize(p1, dim=1) @ torch.nn.functional.normalize(p2, dim=1).T
+            same = torch.arange(p1.shape[0])
+            top1 = torch.cat([similarity.argmax(1) == same, similarity.argmax(0) == same]).float().mean()
+            report["contrastive"] = {"top1": float(top1), "chance": 1 / p1.shape[0], "crops": int(p1.shape[0])}
+            report["collapse"] = collapse_report(torch.cat([p1, p2]))
+        if "inpainting" in self.tasks:
+            report["inpainting"] = {
+                "l1_masked": mean(l1["inpainting"]),
+                "l1_masked_input": mean(l1["inpainting_input"]),
+            }
+        if "mim" in self.tasks:
+            report["mim"] = {"l1_masked": mean(l1["mim"]), "l1_visible_mean": mean(l1["mim_mean"])}
+        return report
 
     def __call__(self, engine) -> None:
         report = self.measure(engine.state.device if hasattr(engine.state, "device") else "cpu")
-        rotation, collapse = report["rotation"], report["collapse"]
-        metrics = {
-            "val_probe_rotation_accuracy": rotation["accuracy"],
-            "val_probe_rotation_low": rotation["interval"][0],
-            "val_probe_rotation_high": rotation["interval"][1],
-            "val_probe_rotation_p": rotation["p_value"],
-            "val_probe_rotation_parity": rotation["parity_accuracy"],
-            "val_probe_contrastive_top1": report["contrastive"]["top1"],
-            "val_probe_contrastive_chance": report["contrastive"]["chance"],
-            "val_probe_inpainting_l1": report["inpainting"]["l1_masked"],
-            "val_probe_inpainting_l1_input": report["inpainting"]["l1_masked_input"],
-            "val_probe_embedding_std": collapse["std"],
-            "val_probe_embedding_healthy_std": collapse["healthy_std"],
-            "val_probe_effective_rank": collapse["effective_rank"],
-        }
+        metrics = {}
+        if "rotation" in report:
+            rotation = report["rotation"]
+            metrics.update(
+                val_probe_rotation_accuracy=rotation["accuracy"],
+                val_probe_rotation_low=rotation["interval"][0],
+                val_probe_rotation_high=rotation["interval"][1],
+                val_probe_rotation_p=rotation["p_value"],
+                val_probe_rotation_parity=rotation["parity_accuracy"],
+            )
+        if "contrastive" in report:
+            collapse = report["collapse"]
+            metrics.update(
+                val_probe_contrastive_top1=report["contrastive"]["top1"],
+                val_probe_contrastive_chance=report["contrastive"]["chance"],
+                val_probe_embedding_std=collapse["std"],
+                val_probe_embedding_healthy_std=collapse["healthy_std"],
+                val_probe_effective_rank=collapse["effective_rank"],
+            )
+        if "inpainting" in report:
+            metrics.update(
+                val_probe_inpainting_l1=report["inpainting"]["l1_masked"],
+                val_probe_inpainting_l1_input=report["inpainting"]["l1_masked_input"],
+            )
+        if "mim" in report:
+            metrics.update(
+                val_probe_mim_l1=report["mim"]["l1_masked"],
+                val_probe_mim_l1_visible_mean=report["mim"]["l1_visible_mean"],
+            )
         engine.state.metrics.update(metrics)
         epoch = int(engine.state.epoch)
         self._write(epoch, report, metrics)
@@ -139,7 +183,8 @@ class ProxyProbe:
     def _write(self, epoch: int, report: dict, metrics: dict) -> None:
         os.makedirs(os.path.join(self.output_dir, "probe"), exist_ok=True)
         with atomic_path(os.path.join(self.output_dir, "probe", f"epoch_{epoch}.json")) as tmp, open(tmp, "w") as f:
-            json.dump({"epoch": epoch, "views": report["rotation"]["n"], **report}, f, indent=2)
+            views = report["rotation"]["n"] if "rotation" in report else None
+            json.dump({"epoch": epoch, "views": views, **report}, f, indent=2)
         table = os.path.join(self.output_dir, "probe.csv")
         new = not os.path.exists(table)
         with open(table, "a", newline="") as f:

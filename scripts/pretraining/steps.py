@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from ignite.metrics import Average
 
 from scripts.options import choice
+from scripts.pretraining.mim import block_mask
 from scripts.pretraining.proxy_tasks import REFERENCE_ROTATION_AXES
+from scripts.pretraining.tasks import PAPER_TASKS, check_tasks, uses_views
 from scripts.pretraining.views import make_views
 
 
@@ -17,13 +19,16 @@ def _amp_kwargs(engine) -> dict:
     return dict(getattr(engine, "amp_kwargs", None) or {})
 
 
-class _ViewedStep:
-    """What both iterations share: how the two views of each crop are made, and where the crops are.
+class ViewedStep:
+    """What both iterations share: what the selected tasks see (the two views of each crop, MIM's masked
+    crops), and where the crops are.
 
     Args:
         max_fraction, min_side, max_side, swap_source: masking (see ``scripts.pretraining.proxy_tasks.mask``).
         rotation_axes: the two spatial axes of the rotation plane (see ``scripts.pretraining.proxy_tasks.rotate``).
         image_key: batch key of the crops.
+        tasks: the selected proxy tasks (``scripts.pretraining.tasks``).
+        mim_mask_ratio, mim_block_size: MIM's block masking (``scripts.pretraining.mim.block_mask``).
     """
 
     def __init__(
@@ -34,26 +39,44 @@ class _ViewedStep:
         rotation_axes=REFERENCE_ROTATION_AXES,
         swap_source: str = "unmasked",
         image_key: str = "image",
+        tasks=PAPER_TASKS,
+        mim_mask_ratio: float = 0.6,
+        mim_block_size: int = 32,
     ):
         self.view_args = (max_fraction, min_side, max_side, tuple(rotation_axes), swap_source)
         self.image_key = image_key
+        self.tasks = check_tasks(tasks)
+        self.mim_mask_ratio, self.mim_block_size = float(mim_mask_ratio), int(mim_block_size)
 
     def crops(self, engine, batch: dict) -> torch.Tensor:
         return batch[self.image_key].to(engine.state.device, non_blocking=True)
 
+    def inputs(self, x: torch.Tensor) -> tuple[dict, dict]:
+        """Network inputs (``SSLHead`` keywords) and loss targets for the crops ``x`` (B, C, H, W, D); the views
+        are drawn first, so runs of the paper's tasks draw the same random numbers with or without MIM."""
+        inputs, targets = {}, {}
+        if uses_views(self.tasks):
+            inputs["x"], targets["rotation"], targets["reconstruction"] = make_views(x, *self.view_args)
+        if "mim" in self.tasks:
+            mask = block_mask(x.shape[0], x.shape[2:], self.mim_block_size, self.mim_mask_ratio, x.device)
+            inputs.update(mim_x=x, mim_mask=mask)
+            targets.update(mim=x, mim_mask=mask)
+        return inputs, targets
 
-class SSLTrainStep(_ViewedStep):
+
+class SSLTrainStep(ViewedStep):
     """Pre-training iteration: views, forward, loss terms, backward with optional AMP and clipping.
 
     Args:
         max_grad_norm: clip the global gradient norm to this value (None or 0: no clipping, as the
             reference code by default). Under AMP the gradients are unscaled first, so the threshold
             means the same with and without.
-        view_options: how views are made (``_ViewedStep``).
+        view_options: how views are made (``ViewedStep``).
 
     The engine output holds ``loss`` (total, detached), ``terms`` (each loss term and the learning
-    rate as floats, for logging), and the first view of the first crop as ``image`` (unmasked
-    target), ``masked`` (network input) and ``pred`` (reconstruction), each (1, C, H, W, D).
+    rate as floats, for logging), and, when inpainting or MIM is selected, the first crop's ``image``
+    (unmasked target), ``masked`` (network input; MIM's masked blocks shown as 0) and ``pred``
+    (reconstruction), each (1, C, H, W, D).
     """
 
     def __init__(self, max_grad_norm: float | None = 1.0, **view_options):
@@ -62,13 +85,12 @@ class SSLTrainStep(_ViewedStep):
 
     def __call__(self, engine, batch: dict) -> dict:
         x = self.crops(engine, batch)
-        inputs, rot_target, recon_target = make_views(x, *self.view_args)
+        inputs, targets = self.inputs(x)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(x.device.type, enabled=bool(engine.amp), **_amp_kwargs(engine)):
-            rot_logits, projection, reconstruction = engine.network(inputs)
-            p1, p2 = projection.float().chunk(2)
-            terms = engine.loss_function(rot_logits.float(), rot_target, p1, p2, reconstruction.float(), recon_target)
+            outputs = {name: value.float() for name, value in engine.network(**inputs).items()}
+            terms = engine.loss_function(outputs, targets)
         loss = terms["total"]
         scaler = engine.scaler if engine.amp else None
         (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -83,23 +105,25 @@ class SSLTrainStep(_ViewedStep):
             engine.optimizer.step()
         log = {name: float(value.detach()) for name, value in terms.items()}
         log["lr"] = engine.optimizer.param_groups[0]["lr"]
-        return {
-            "loss": loss.detach(),
-            "terms": log,
-            "image": recon_target[:1].detach(),
-            "masked": inputs[:1].detach(),
-            "pred": reconstruction[:1].detach().float(),
-        }
+        output = {"loss": loss.detach(), "terms": log}
+        if "reconstruction" in outputs:
+            output.update(
+                image=targets["reconstruction"][:1], masked=inputs["x"][:1], pred=outputs["reconstruction"][:1]
+            )
+        elif "mim" in outputs:
+            output.update(image=x[:1], masked=x[:1] * (1 - targets["mim_mask"][:1]), pred=outputs["mim"][:1])
+        return {k: v.detach() if torch.is_tensor(v) else v for k, v in output.items()}
 
 
-class SSLEvalStep(_ViewedStep):
+class SSLEvalStep(ViewedStep):
     """Validation iteration with deterministic views: per-crop proxy-task scores.
 
     Views are drawn from a generator seeded with ``seed`` and the iteration number, inside a forked
     random state, so validation neither varies between runs nor disturbs the training's random
-    sequence. Output (per view, 2B values each): ``reconstruction_l1``, ``rotation_accuracy`` (0/1)
-    and ``contrastive_top1`` (0/1: the nearest projection of the other view, by cosine similarity
-    among the batch, is the same crop's). ``view_options`` as for ``_ViewedStep``.
+    sequence. Output, for the selected tasks (per view, 2B values each): ``reconstruction_l1``,
+    ``rotation_accuracy`` (0/1) and ``contrastive_top1`` (0/1: the nearest projection of the other view,
+    by cosine similarity among the batch, is the same crop's); per crop (B values): ``mim_l1`` (L1 on
+    the masked voxels). ``view_options`` as for ``ViewedStep``.
     """
 
     def __init__(self, seed: int = 0, **view_options):
@@ -111,20 +135,27 @@ class SSLEvalStep(_ViewedStep):
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(self.seed + engine.state.iteration)
-            inputs, rot_target, recon_target = make_views(x, *self.view_args)
+            inputs, targets = self.inputs(x)
             engine.network.eval()
             with torch.autocast(x.device.type, enabled=bool(engine.amp), **_amp_kwargs(engine)):
-                rot_logits, projection, reconstruction = engine.network(inputs)
-        p1, p2 = F.normalize(projection.float(), dim=1).chunk(2)
-        similarity = p1 @ p2.T  # (B, B): row i = view-1 crop i against all view-2 crops
-        same = torch.arange(x.shape[0], device=x.device)
-        top1 = torch.cat([similarity.argmax(1) == same, similarity.argmax(0) == same]).float()
-        l1 = (reconstruction.float() - recon_target).abs().flatten(1).mean(1)
-        return {
-            "reconstruction_l1": l1,
-            "rotation_accuracy": (rot_logits.argmax(1) == rot_target).float(),
-            "contrastive_top1": top1,
-        }
+                outputs = {name: value.float() for name, value in engine.network(**inputs).items()}
+        scores = {}
+        if "reconstruction" in outputs:
+            scores["reconstruction_l1"] = (
+                (outputs["reconstruction"] - targets["reconstruction"]).abs().flatten(1).mean(1)
+            )
+        if "rotation" in outputs:
+            scores["rotation_accuracy"] = (outputs["rotation"].argmax(1) == targets["rotation"]).float()
+        if "projection" in outputs:
+            p1, p2 = F.normalize(outputs["projection"], dim=1).chunk(2)
+            similarity = p1 @ p2.T  # (B, B): row i = view-1 crop i against all view-2 crops
+            same = torch.arange(x.shape[0], device=x.device)
+            scores["contrastive_top1"] = torch.cat([similarity.argmax(1) == same, similarity.argmax(0) == same]).float()
+        if "mim" in outputs:
+            masked = targets["mim_mask"].expand_as(x)
+            error = (outputs["mim"] - x).abs() * masked
+            scores["mim_l1"] = error.flatten(1).sum(1) / masked.flatten(1).sum(1).clamp_min(1)
+        return scores
 
 
 class CropAverage(Average):
