@@ -14,8 +14,8 @@ file in a layout the bundle loads. ``--frozen True`` keeps the encoder frozen (a
 Each cell lives in ``<out_dir>/cells/<encoder>_n<count>_s<seed>/`` and ends with ``result.json``; a rerun skips
 the finished cells (resumable after a kill). Writes ``<out_dir>/study.csv`` (every cell, mean and per-class
 Dice), ``<out_dir>/study.png`` (mean Dice against labelled volumes, one line per encoder, seeds as points,
-mean +- 95% interval) and ``<out_dir>/paired.csv`` (each encoder minus scratch per count, paired by seed, with
-a bootstrap 95% interval).
+mean +- 95% Student's t interval) and ``<out_dir>/paired.csv`` (each encoder minus scratch per count, paired
+by seed, with a bootstrap 95% interval).
 """
 
 from __future__ import annotations
@@ -130,19 +130,27 @@ def plot(results: list[dict], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from scipy.stats import t
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, encoder in enumerate(sorted({r["encoder"] for r in results}, key=lambda e: e != "scratch")):
+    encoders = sorted({r["encoder"] for r in results}, key=lambda e: e != "scratch")
+    for i, encoder in enumerate(encoders):
         counts = sorted({r["count"] for r in results if r["encoder"] == encoder})
+        shift = 2 ** (0.04 * (i - (len(encoders) - 1) / 2))  # encoders side by side at each count
         means, errors = [], []
         for count in counts:
             values = [r["dice"]["mean"] for r in results if r["encoder"] == encoder and r["count"] == count]
-            ax.scatter([count] * len(values), values, color=f"C{i}", alpha=0.4, s=12)
+            ax.scatter([count * shift] * len(values), values, color=f"C{i}", alpha=0.4, s=12)
             means.append(float(np.mean(values)))
-            errors.append(1.96 * float(np.std(values, ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0)
+            # Student's t: with 3 seeds the normal 1.96 would make the interval 2.2x too narrow
+            n = len(values)
+            errors.append(float(t.ppf(0.975, n - 1)) * float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else 0)
         label = "scratch" if encoder == "scratch" else os.path.basename(encoder)
-        ax.errorbar(counts, means, yerr=errors, color=f"C{i}", marker="o", capsize=3, label=label)
+        ax.errorbar([c * shift for c in counts], means, yerr=errors, color=f"C{i}", marker="o", capsize=3, label=label)
     ax.set_xscale("log", base=2)
+    all_counts = sorted({r["count"] for r in results})
+    ax.set_xticks(all_counts, [str(c) for c in all_counts])
+    ax.minorticks_off()
     ax.set_xlabel("labelled training volumes")
     ax.set_ylabel("mean Dice (held-out list)")
     ax.legend()
