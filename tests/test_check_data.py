@@ -81,6 +81,7 @@ def test_a_clean_dataset_reports_nothing_and_applies_the_rules_its_datalist_decl
     assert "checked 6 cases (labels required, values 0..13, 1 channel(s) of CT): 0 with errors" in proc.stdout
 
 
+@pytest.mark.slow  # command-line subprocesses
 def test_without_flags_a_fine_tuning_list_with_an_unlabelled_entry_is_an_error(tmp_path):
     """Forgetting --labels must not let a training entry without its label through: any labelled entry makes
     labels required; a pre-training list (no labels anywhere) passes."""

@@ -75,6 +75,7 @@ print(pydicom.__version__)
 """
 
 
+@pytest.mark.slow  # command-line subprocesses
 @pytest.mark.skipif(not PYDICOM2.is_dir(), reason=f"pydicom 2.4 not installed at {PYDICOM2} (bin/setup_env.sh)")
 def test_dicom_series_read_alike_with_pydicom_2_4_and_3(tmp_path):
     volume = hu_volume((10, 8, 20))

@@ -235,6 +235,7 @@ def weights_info(*args) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # command-line subprocesses
 def test_weights_info_prints_the_record_or_what_the_tensors_tell(tmp_path):
     paper = tmp_path / "model_swinvit.pt"
     torch.save(research_layout(encoder_of(small_net(1, window_size=SMALL_WINDOW).state_dict())), paper)
