@@ -201,6 +201,7 @@ def _gathered_nt_xent(rank, init_file, z1_all, z2_all, weight, x_all, results):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes
 def test_gathered_nt_xent_equals_the_single_process_nt_xent_of_all_crops(tmp_path):
     torch.manual_seed(0)
     b, dim = 3, 8

@@ -65,7 +65,9 @@ def test_contrastive_term_equals_monai_contrastive_loss():
     assert torch.allclose(terms["total"], terms["rotation"] + terms["contrastive"] + terms["reconstruction"])
 
 
-@pytest.mark.parametrize("feature_size, size", [(12, 64), (24, 64), (48, 64), (48, 96)])
+@pytest.mark.parametrize(
+    "feature_size, size", [(12, 64), (24, 64), (48, 64), pytest.param(48, 96, marks=pytest.mark.slow)]
+)
 def test_ssl_network_output_shapes(feature_size, size):
     net = SSLHead(in_channels=1, feature_size=feature_size).eval()
     with torch.no_grad():
