@@ -2,6 +2,7 @@
 a rerun that skips finished cells, and the CSV, plot and paired table written (at tiny size)."""
 
 import csv
+import os
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ def test_a_study_fine_tunes_every_cell_once_keeps_subsets_nested_and_writes_its_
         "seeds": [0],
         "overlays": ["small.json"],
         "max_epochs": 1,
+        "workers": 2,  # the two cells side by side, each with one of the two cores
     }
     results = study(**options)
     assert len(results) == 2 and all(0 <= r["dice"]["mean"] <= 1 for r in results)
@@ -75,3 +77,30 @@ def test_an_iteration_budget_gives_every_count_the_same_steps_and_warm_up():
         assert round(budget["warmup_epochs"] * count) == 7
     with pytest.raises(ConfigError, match="multiple"):
         iteration_budget(100, 8)
+
+
+def test_cells_side_by_side_split_the_cores_between_them():
+    from scripts.tools.label_study import worker_env
+
+    assert worker_env(2, cpus=2)["OMP_NUM_THREADS"] == "1" and worker_env(2, cpus=16)["MKL_NUM_THREADS"] == "8"
+    assert worker_env(4, cpus=2)["OMP_NUM_THREADS"] == "1"  # never zero threads
+    assert worker_env(1, cpus=2) == dict(os.environ)  # one cell at a time: PyTorch picks its threads itself
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_cell_stops_the_study_and_no_later_cell_starts(tmp_path, phantoms, monkeypatch, workers):
+    import scripts.tools.label_study as label_study
+
+    started = []
+
+    def fake_cell(encoder, count, seed, *args):
+        started.append((count, seed))
+        if (count, seed) == (2, 0):
+            raise RuntimeError("cell diverged")
+        return {"encoder": encoder, "count": count, "seed": seed, "dice": {"mean": 0.5}}
+
+    monkeypatch.setattr(label_study, "run_cell", fake_cell)
+    options = {"encoders": ["scratch"], "counts": [2, 3], "seeds": [0, 1, 2], "workers": workers}
+    with pytest.raises(RuntimeError, match="diverged"):
+        study(str(phantoms / "dataset.json"), str(phantoms), out_dir=str(tmp_path / "study"), **options)
+    assert started == [(2, 0), (2, 1)][:workers]  # only the cells already running when it failed
