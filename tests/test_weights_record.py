@@ -88,9 +88,10 @@ def test_the_paper_merging_order_travels_from_its_encoder_to_inference_and_monai
     torch.save(research_layout(encoder_of(small_net(1, window_size=SMALL_WINDOW).state_dict())), paper)
     models = tmp_path / "models"
     common = {"dataset_dir": phantoms, "ckpt_dir": models, **FAST}
+    one_volume = {"max_epochs": 1, "val_interval": 1, "label_fraction": 0.25}  # the record matters, not the training
     bundle_run(
         ["train.json", "small.json"],
-        {**common, "output_dir": tmp_path / "runs", "max_epochs": 1, "val_interval": 1, "pretrained_encoder": paper},
+        {**common, "output_dir": tmp_path / "runs", **one_volume, "pretrained_encoder": paper},
     )
     record = record_in(models / "model.pt")
     assert record["network"]["patch_merging"] == "legacy"
@@ -134,7 +135,7 @@ def test_the_paper_merging_order_travels_from_its_encoder_to_inference_and_monai
     )
     parser.update({"bundle_root": str(ROOT), "output_dir": str(tmp_path / "monailabel"), "train#handlers": handlers})
     parser.update({"dataset_dir": str(phantoms), "ckpt_dir": str(models), **FAST})
-    parser.update({"max_epochs": 1, "val_interval": 1})
+    parser.update(one_volume)
     for step in ("initialize", "run", "finalize"):
         parser.get_parsed_content(step)
     continued = record_in(models / "model.pt")
