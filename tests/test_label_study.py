@@ -105,11 +105,3 @@ def test_a_failed_cell_stops_the_study_and_no_later_cell_starts(tmp_path, phanto
         study(str(phantoms / "dataset.json"), str(phantoms), out_dir=str(tmp_path / "study"), **options)
     assert started == [(2, 0), (2, 1)][:workers]  # only the cells already running when it failed
 
-
-def test_the_paired_table_does_not_depend_on_the_order_the_cells_finished_in():
-    results = [
-        {"encoder": e, "count": 2, "seed": s, "dice": {"mean": base + gain}}
-        for s, base in enumerate([0.5, 0.6, 0.7, 0.4])
-        for e, gain in (("scratch", 0.0), ("ssl.pt", [0.1, -0.2, 0.05, 0.3][s]))
-    ]
-    assert paired_table(results) == paired_table(results[::-1]) == paired_table(results[2:] + results[:2])
