@@ -5,7 +5,9 @@
 # optimiser steps, all evaluated on the 4 held-out phantoms. Resumable: a rerun keeps the encoders and the
 # finished cells, so adding a proxy-task selection later computes only its own pre-training and cells.
 #   bash bin/study_cpu.sh [OUT_DIR]   # default runs/study_cpu
-# Environment: PROXY_SETS (default "paper": the paper's three tasks; "paper mim all" adds MIM alone and all four),
+# Environment: PROXY_SETS (default "paper": the paper's three tasks with the bundle's heads; "paper_reference_heads"
+# the same tasks with the reference code's heads, as the bundle pre-trained before: one crop of each of two volumes
+# per step replaced by two crops of one volume, thin volumes kept; "mim" MIM alone; "all" all four),
 # PRETRAIN_ITERATIONS (200), ITERATIONS (112 fine-tuning steps per cell), WORKERS (2 cells side by side).
 set -euo pipefail
 out=$(realpath -m "${1:-runs/study_cpu}")  # before setup_env.sh moves to the bundle root
@@ -13,12 +15,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 pretrain_iterations=${PRETRAIN_ITERATIONS:-200}
 iterations=${ITERATIONS:-112}
 real_ct=$(realpath -m ../shared/data/real_ct)
-declare -A tasks=(
-  [paper]="['inpainting','rotation','contrastive']"
-  [mim]="['mim']"
-  [all]="['inpainting','rotation','contrastive','mim']"
-)
-declare -A files=([paper]=paper_tasks [mim]=mim_only [all]=all_four)
+paper="['inpainting','rotation','contrastive']"
+declare -A tasks=([paper]=$paper [paper_reference_heads]=$paper [mim]="['mim']" [all]="${paper%]},'mim']")
+declare -A files=([paper]=paper_tasks [paper_reference_heads]=paper_tasks_reference_heads [mim]=mim_only [all]=all_four)
+declare -A extra=([paper_reference_heads]="--proxy_heads reference --view_rotation independent --batch_size 1 --num_samples 2 --min_crop_fill 0")
 
 python -m scripts.tools.phantoms --out_dir "$out/data" --num_train 16 --num_val 4 --num_test 0
 sources="['$out/data/dataset.json']"
@@ -34,7 +34,7 @@ for name in ${PROXY_SETS:-paper}; do
       --proxy_tasks "${tasks[$name]}" --dataset_dir "$out/data" --train_sources "$sources" \
       --val_sources "['$out/data/dataset.json']" --max_iterations "$pretrain_iterations" --val_interval 100 \
       --ckpt_interval 100 --image_interval 100 --output_dir "$out/pretrain_$name" \
-      --ckpt_dir "$out/pretrain_$name/models" --overwrite True
+      --ckpt_dir "$out/pretrain_$name/models" --overwrite True ${extra[$name]:-}
     ln -f "$out/pretrain_$name/models/ssl_encoder.pt" "$encoder"
   fi
   encoders="$encoders,'$encoder'"

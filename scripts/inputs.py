@@ -174,9 +174,9 @@ def check_case(
     label_values: int | None = None,
     warnings: list | None = None,
     geometry: Geometry | None = None,
-) -> None:
+) -> dict:
     """Check one datalist entry: readable 3-D volumes with a usable geometry (``Geometry``, default
-    limits unless given); label values in range and on the image grid.
+    limits unless given); label values in range and on the image grid. Returns ``{key: (nibabel image, data)}``.
 
     Warnings (intensities that do not look like CT, coarse spacing) are appended to ``warnings`` or logged.
     """
@@ -218,6 +218,7 @@ def check_case(
             raise InputError(
                 f"label {item['label']}: values {bad[:10].tolist()} outside the task's classes 0..{label_values - 1}"
             )
+    return loaded
 
 
 def constant_channels(data: np.ndarray) -> str | None:

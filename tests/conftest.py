@@ -27,6 +27,21 @@ if os.environ.get("CONFIG_MUTANT"):  # tests/mutants.py --kind config: one defec
 # CPU-sized settings on top of configs/small.json, so the suite stays within minutes on 2 cores
 FAST = {"num_workers": 0, "cache_rate": 1.0}
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: the cores are shared out, one thread per worker
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # inherited by the workflows the tests start
+        os.environ[name] = os.environ.get("TEST_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(items):
+    """Under ``--dist loadgroup`` the tests sharing an expensive session fixture run in one worker, which
+    builds it once (each worker builds its own session fixtures)."""
+    for item in items:
+        for fixture in ("trained", "pretrained"):
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(fixture))
+                break
+
 
 def configs(*names: str) -> list[str]:
     return [str(ROOT / "configs" / n) for n in names]

@@ -1,10 +1,20 @@
 """The pre-training probe's statistics mean what they say: chance is 0.25 on balanced rotations, the interval and
-p-value match known values, parity exposes an anisotropy-only head, collapse separates one direction from many."""
+p-value match known values, parity exposes an anisotropy-only head, collapse separates one direction from many,
+and projections collapsed to one direction give NT-Xent's value ln(2N - 1) exactly."""
+
+import math
 
 import pytest
 import torch
 
-from scripts.pretraining.chance import binomial_p_value, collapse_report, rotation_report, wilson_interval
+from scripts.pretraining.chance import (
+    binomial_p_value,
+    collapse_report,
+    contrastive_collapse_loss,
+    rotation_report,
+    wilson_interval,
+)
+from scripts.pretraining.loss import nt_xent
 
 
 def balanced_targets(crops: int) -> torch.Tensor:
@@ -45,3 +55,17 @@ def test_collapse_separates_one_direction_from_spread_embeddings():
     assert spread["healthy_std"] == pytest.approx(1 / 8)
     assert spread["std"] == pytest.approx(1 / 8, rel=0.1) and collapsed["std"] < 1e-4
     assert spread["effective_rank"] > 40 and collapsed["effective_rank"] < spread["effective_rank"] / 2
+
+
+@pytest.mark.parametrize("crops", [2, 3, 8])
+def test_projections_pointing_one_way_give_exactly_the_collapse_value_of_nt_xent_and_are_flagged(crops):
+    one_way = torch.ones(crops, 32) * torch.arange(1, crops + 1)[:, None]  # different lengths, one direction
+    for temperature in (0.1, 0.5):
+        assert float(nt_xent(one_way, 2 * one_way, temperature)) == pytest.approx(math.log(2 * crops - 1), abs=1e-6)
+    assert contrastive_collapse_loss(crops) == pytest.approx(math.log(2 * crops - 1))
+    assert collapse_report(torch.cat([one_way, one_way]))["collapsed"]
+    # views that agree and crops that differ: below the collapse value, and not flagged
+    torch.manual_seed(crops)
+    spread = torch.randn(crops, 32)
+    assert float(nt_xent(spread, spread + 0.01 * torch.randn(crops, 32))) < math.log(2 * crops - 1) - 0.3
+    assert not collapse_report(torch.cat([spread, spread]))["collapsed"]

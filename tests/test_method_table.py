@@ -14,7 +14,17 @@ TABLES = {  # table heading in the docs -> the configs whose defaults it states 
 }
 # every deviation from the reference code is an id with its default and source in the table
 DEVIATIONS = {
-    "**Pre-training**": {"max_grad_norm", "swap_source", "foreground_k_divisible", "rotation_axes", "pixdim"},
+    "**Pre-training**": {
+        "max_grad_norm",
+        "swap_source",
+        "foreground_k_divisible",
+        "rotation_axes",
+        "pixdim",
+        "proxy_heads",
+        "view_rotation",
+        "min_crop_fill",
+        "min_window_fraction",
+    },
     "**Fine-tuning on BTCV**": {"flip_prob", "rotate90_prob", "scale_intensity_prob", "shift_intensity_prob"},
 }
 

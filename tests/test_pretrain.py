@@ -116,8 +116,6 @@ def test_resumed_pretraining_ends_with_the_same_weights_as_an_uninterrupted_run(
         "ckpt_interval": k,
         "val_interval": k,
         "image_interval": k,
-        "batch_size": 1,
-        "num_samples": 1,
     }
     bundle_run(
         ["pretrain.json", "small_pretrain.json"],

@@ -1,12 +1,15 @@
 """The pre-training probe scores what it claims: every crop in all four turns (a constant head scores exactly
 chance, a head that sees the turn scores 1), the same crops at every validation, chance levels beside the scores,
-collapse of constant projections, and a row per validation in probe.csv with a JSON report beside it."""
+collapse of constant projections, a row per validation in probe.csv with a JSON report beside it, and no rotation
+head, however trained, above chance when its encoder gives every crop the same token."""
 
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 
+from scripts.network.pretraining import SSLHead
 from scripts.pretraining.probe import ProxyProbe
 
 SIDE = 32
@@ -89,3 +92,27 @@ def test_each_validation_adds_a_row_to_probe_csv_and_a_json_report(tmp_path):
     assert len(rows) == 3 and rows[0].startswith("epoch,val_probe_rotation_accuracy")
     report = json.loads((tmp_path / "probe" / "epoch_2.json").read_text())
     assert report["views"] == 24 and report["rotation"]["confusion"][1] == [0, 6, 0, 0]
+
+
+class ConstantEncoder(torch.nn.Module):
+    """Stands in for ``swinViT``: the same bottleneck features (B, 16f, 2, 2, 2) whatever the crop."""
+
+    def forward(self, x):
+        return [None] * 4 + [torch.linspace(-1, 1, 192 * 8).reshape(1, 192, 2, 2, 2).expand(x.shape[0], -1, -1, -1, -1)]
+
+
+@pytest.mark.parametrize("head_type", ["linear", "mlp"])
+def test_a_rotation_head_fed_a_constant_token_cannot_beat_chance_however_trained(tmp_path, head_type):
+    torch.manual_seed(0)
+    network = SSLHead(feature_size=12, window_size=4, head_type=head_type, tasks=["rotation"])
+    network.swinViT = ConstantEncoder()
+    optimizer = torch.optim.AdamW(network.rotation_head.parameters(), lr=0.01)
+    for _ in range(20):  # trained towards the turns seen most often in a skewed stream
+        logits = network(x=torch.zeros(4, 1, 64, 64, 64))["rotation"]
+        torch.nn.functional.cross_entropy(logits, torch.tensor([1, 1, 1, 2])).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    volumes = [{"image": torch.rand(1, 64, 64, 64, generator=torch.Generator().manual_seed(i))} for i in range(3)]
+    probe = ProxyProbe(network, volumes, [64] * 3, 2, str(tmp_path), tasks=["rotation"])
+    rotation = probe.measure("cpu")["rotation"]
+    assert rotation["n"] == 24 and rotation["accuracy"] == 0.25 and rotation["p_value"] > 0.5

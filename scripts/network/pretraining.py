@@ -12,6 +12,23 @@ from scripts.options import choice
 from scripts.pretraining.tasks import PAPER_TASKS, check_tasks
 
 ENCODER_STRIDE = 32  # the last Swin stage is at 1/32 of the crop: MIM's head predicts 32^3 voxels per token
+HEAD_TYPES = ("linear", "mlp")
+# what ``proxy_heads`` sets: the reference code's heads, and the bundle's (docs/pretraining.md, "Heads that learn")
+HEAD_PRESETS = {
+    "reference": {"token_choice": "reference", "head_type": "linear"},
+    "pooled_mlp": {"token_choice": "pool", "head_type": "mlp"},
+}
+
+
+def head_preset(name: str) -> dict:
+    """``token_choice`` and ``head_type`` of a ``proxy_heads`` preset (``HEAD_PRESETS``)."""
+    return HEAD_PRESETS[choice("proxy_heads", name, tuple(HEAD_PRESETS))]
+
+
+def _head(dim: int, out: int, head_type: str) -> nn.Module:
+    if head_type == "linear":
+        return nn.Linear(dim, out)
+    return nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, out))
 
 
 class SSLHead(nn.Module):
@@ -32,6 +49,8 @@ class SSLHead(nn.Module):
         use_flash_attention: MONAI's fused attention whenever no gradient is taken (validation).
         tasks: the proxy tasks (``scripts.pretraining.tasks``); only their heads are built. ``mim`` adds a
             mask token (substituted at the patch embedding, not part of the encoder) and a one-layer head.
+        head_type: ``"linear"``: one linear layer per head, as the reference code; ``"mlp"``: Linear,
+            LayerNorm, GELU, Linear (hidden size ``dim``), a per-sample normalisation that needs no batch.
 
     ``forward(x, mim_x=None, mim_mask=None)``: ``x`` (B, in_channels, H, W, D) the views of the paper's tasks,
     ``mim_x`` (M, in_channels, H, W, D) crops for MIM with ``mim_mask`` (M, 1, H, W, D) 0/1 block mask; sides
@@ -51,8 +70,10 @@ class SSLHead(nn.Module):
         window_size: int = 7,
         use_flash_attention: bool = False,
         tasks=PAPER_TASKS,
+        head_type: str = "linear",
     ):
         super().__init__()
+        self.head_type = choice("head_type", head_type, HEAD_TYPES)
         self.tasks = check_tasks(tasks)
         token_choice = {"paper": "reference"}.get(token_choice, token_choice)
         self.token_choice = choice("token_choice", token_choice, ("reference", "pool"))
@@ -68,9 +89,9 @@ class SSLHead(nn.Module):
         ).swinViT
         dim = 16 * feature_size
         if "rotation" in self.tasks:
-            self.rotation_head = nn.Linear(dim, 4)
+            self.rotation_head = _head(dim, 4, self.head_type)
         if "contrastive" in self.tasks:
-            self.contrastive_head = nn.Linear(dim, proj_dim)
+            self.contrastive_head = _head(dim, proj_dim, self.head_type)
         if "inpainting" in self.tasks:
             channels = [dim, dim // 2, dim // 4, dim // 8, dim // 16, dim // 16]
             stages: list[nn.Module] = []

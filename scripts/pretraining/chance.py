@@ -18,6 +18,16 @@ import torch
 import torch.nn.functional as F
 
 ROTATION_CHANCE = 0.25
+# per-dimension spread below this fraction of the healthy 1/sqrt(d): the embeddings use few directions
+COLLAPSE_FRACTION = 0.25
+
+
+def contrastive_collapse_loss(crops: int) -> float:
+    """NT-Xent when every projection points one way: each of the 2N anchors finds its other view among 2N - 1
+    equally similar candidates, so the loss is ln(2N - 1) (N crops, two views each) whatever the temperature."""
+    if crops < 1:
+        raise ValueError(f"need at least one crop, got {crops}")
+    return math.log(2 * crops - 1)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -56,12 +66,19 @@ def rotation_report(predicted: torch.Tensor, target: torch.Tensor) -> dict:
 
 def collapse_report(embeddings: torch.Tensor) -> dict:
     """Collapse measures of embeddings (N, d): ``std`` (mean per-dimension standard deviation after L2
-    normalisation), ``healthy_std`` (1/sqrt(d), the value of directions spread over the sphere) and
-    ``effective_rank`` (1 for a collapse to one direction, up to min(N, d))."""
+    normalisation), ``healthy_std`` (1/sqrt(d), the value of directions spread over the sphere),
+    ``effective_rank`` (1 for a collapse to one direction, up to min(N, d)) and ``collapsed`` (``std`` below
+    ``COLLAPSE_FRACTION`` of ``healthy_std``)."""
     z = F.normalize(embeddings.float().flatten(1), dim=1)
     d = z.shape[1]
     std = float(z.std(0).mean()) if z.shape[0] > 1 else 0.0
     singular = torch.linalg.svdvals(z)  # not centred: a collapse to one direction is rank 1
     weights = singular / singular.sum() if float(singular.sum()) > 1e-12 else torch.ones(1)
     entropy = float(-(weights[weights > 0] * weights[weights > 0].log()).sum())
-    return {"std": std, "healthy_std": 1 / math.sqrt(d), "effective_rank": math.exp(entropy)}
+    healthy = 1 / math.sqrt(d)
+    return {
+        "std": std,
+        "healthy_std": healthy,
+        "effective_rank": math.exp(entropy),
+        "collapsed": std < COLLAPSE_FRACTION * healthy,
+    }

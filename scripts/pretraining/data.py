@@ -85,19 +85,25 @@ def validation_images(sources, training: list[dict]) -> list[dict]:
     return images
 
 
-def _problems(item: dict, geometry: Geometry | None = None) -> tuple[str | None, list[str]]:
-    """(error or None, warnings) of one volume, read in full."""
+def _problems(item: dict, geometry: Geometry | None = None, content=None) -> tuple[str | None, list[str], bool]:
+    """(error or None, warnings, whether the error is the content rule's) of one volume, read in full."""
     warnings = []
     try:
-        check_case(item, ("image",), warnings=warnings, geometry=geometry)
+        loaded = check_case(item, ("image",), warnings=warnings, geometry=geometry)
     except InputError as e:
-        return str(e), warnings
-    return None, warnings
+        return str(e), warnings, False
+    if content is not None:
+        img, data = loaded["image"]
+        reason, notes = content.check(img.affine, data)
+        warnings += [f"image {item['image']}: {note}" for note in notes]
+        if reason:
+            return f"image {item['image']}: {reason}", warnings, True
+    return None, warnings, False
 
 
-def _checked(items: list[dict], pool, geometry: Geometry | None = None):
-    """(error, warnings) of every item, in order; under torch.distributed each rank reads its share."""
-    problems = functools.partial(_problems, geometry=geometry)
+def _checked(items: list[dict], pool, geometry: Geometry | None = None, content=None):
+    """(error, warnings, content rule) of every item, in order; under torch.distributed each rank reads its share."""
+    problems = functools.partial(_problems, geometry=geometry, content=content)
     if world_size() == 1:
         yield from pool.map(problems, items)
         return
@@ -114,40 +120,48 @@ def usable_images(
     num_threads: int = 4,
     report: str | None = None,
     geometry: Geometry | None = None,
+    content=None,
 ) -> list[dict]:
     """The entries of ``items`` whose volume reads as one finite 3-D image with a usable ``geometry``
-    (``scripts.inputs.Geometry``); the others are skipped.
+    (``scripts.inputs.Geometry``) and, with ``content`` (``scripts.pretraining.content.CropContent``), enough
+    anatomy for a crop; the others are skipped.
 
     Every volume is read in full (a truncated file only fails on decompression) by ``num_threads``
     threads. Each skipped volume is logged with the running count; the run stops with an
-    ``InputError`` as soon as more than ``max_skipped_fraction`` of the list is skipped, since that
-    points at a wrong folder or a broken copy rather than a few bad files. With ``report``, the
-    skipped files and their problems are written there as CSV.
+    ``InputError`` as soon as more than ``max_skipped_fraction`` of the list is unreadable, since that
+    points at a wrong folder or a broken copy rather than a few bad files; volumes skipped by the content rule
+    (readable, but too thin or outside the HU window) do not count towards it, only an empty result stops.
+    With ``report``, the skipped files and their problems are written there as CSV.
     """
     if not 0.0 <= max_skipped_fraction <= 1.0:
         raise ValueError(f"max_skipped_fraction must be in [0, 1], got {max_skipped_fraction}")
-    total, skipped, kept = len(items), [], []
+    total, skipped, kept, unreadable = len(items), [], [], 0
     progress_every = max(1, total // 10)
     speak = rank() == 0  # under torchrun every rank reaches the same verdicts; one of them reports
     with ThreadPoolExecutor(max(1, int(num_threads))) as pool:
-        for i, (item, (error, warnings)) in enumerate(zip(items, _checked(items, pool, geometry)), 1):
+        for i, (item, (error, warnings, by_content)) in enumerate(
+            zip(items, _checked(items, pool, geometry, content)), 1
+        ):
             for warning in warnings if speak else ():
                 logger.warning(warning)
             if error is None:
                 kept.append(item)
             else:
                 skipped.append((item["image"], error))
+                unreadable += not by_content
                 if speak:
                     logger.warning(f"skipped {error} ({len(skipped)} skipped of {i} read, {total} listed)")
-                if len(skipped) > max_skipped_fraction * total:
+                if unreadable > max_skipped_fraction * total:
                     pool.shutdown(cancel_futures=True)
                     raise InputError(
-                        f"{len(skipped)} of {total} pre-training volumes are unusable (more than "
+                        f"{unreadable} of {total} pre-training volumes are unusable (more than "
                         f"max_skipped_fraction={max_skipped_fraction:g} of the list), e.g. {error}. Check the data "
                         f"(python -m scripts.tools.check_data) or raise max_skipped_fraction"
                     )
             if speak and (i % progress_every == 0 or i == total):
                 logger.info(f"read {i} of {total} volumes, {len(skipped)} skipped")
+    if not kept and total:
+        raise InputError(f"none of the {total} pre-training volumes can be used, e.g. {skipped[0][1]}")
     if skipped and speak:
         if report:
             with atomic_path(report) as tmp, open(tmp, "w", newline="") as f:

@@ -4,11 +4,13 @@ At the end of every validation, on the validation volumes: ``crops_per_volume`` 
 (the same crops at every validation), each scored by the rotation head in all four quarter turns (classes
 balanced by construction: >= 160 views for 5 volumes x 8 crops), the two masked views of each crop for
 inpainting (L1 on the masked voxels against the L1 of leaving the masked input as it is) and contrastive coding
-(top-1 of the other view among all the probe's crops, beside its chance level 1 / crops), and the collapse of the
-projections; with ``mim`` selected, MIM's L1 on its masked voxels against the L1 of filling them with the mean of
-each crop's visible voxels. Only the selected tasks are measured. Written to the evaluator's metrics
-(``val_probe_*``: logged by StatsHandler / TensorBoard like the others), to ``<output_dir>/probe.csv`` (one row
-per validation) and ``<output_dir>/probe/epoch_<n>.json`` (with the rotation confusion matrix).
+(top-1 of the other view among all the probe's crops, beside its chance level 1 / crops; NT-Xent over those crops,
+beside its value ln(2N - 1) for collapsed projections), and the collapse of the projections (with the share of
+their length that is the head's last bias) and of the tokens the contrastive head reads; with ``mim`` selected,
+MIM's L1 on its masked voxels against the L1 of filling them with the mean of each crop's visible voxels. Only the
+selected tasks are measured. Written to the evaluator's metrics (``val_probe_*``: logged by StatsHandler /
+TensorBoard like the others), to ``<output_dir>/probe.csv`` (one row per validation) and
+``<output_dir>/probe/epoch_<n>.json`` (with the rotation confusion matrix).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from monai.transforms import RandSpatialCropSamples, SpatialPad
 
 from scripts.atomic_files import atomic_path
 from scripts.distributed import unwrap_model
-from scripts.pretraining.chance import collapse_report, rotation_report
+from scripts.pretraining.chance import collapse_report, contrastive_collapse_loss, rotation_report
+from scripts.pretraining.loss import nt_xent
 from scripts.pretraining.proxy_tasks import REFERENCE_ROTATION_AXES, check_rotation_plane
 from scripts.pretraining.steps import ViewedStep
 from scripts.pretraining.tasks import PAPER_TASKS, check_tasks
@@ -41,6 +44,7 @@ class ProxyProbe:
         seed: the crops and views are drawn from this seed (and the volume's index), the same at every validation.
         rotation_axes, view_options: as for pre-training (``make_views``).
         tasks, mim_mask_ratio, mim_block_size: the selected proxy tasks and MIM's masking, as in pre-training.
+        temperature: of the NT-Xent the probe reports over all its crops, beside its collapse value ln(2N - 1).
     """
 
     def __init__(
@@ -55,11 +59,13 @@ class ProxyProbe:
         tasks=PAPER_TASKS,
         mim_mask_ratio: float = 0.6,
         mim_block_size: int = 32,
+        temperature: float = 0.5,
         **view_options,
     ):
         self.network, self.volumes, self.roi_size = network, volumes, [int(s) for s in roi_size]
         self.crops_per_volume, self.output_dir, self.seed = int(crops_per_volume), output_dir, seed
         self.rotation_axes, self.tasks = tuple(rotation_axes), check_tasks(tasks)
+        self.temperature = temperature
         # the training step's own view and mask making, so the probe measures the tasks as they are trained
         self.step = ViewedStep(
             rotation_axes=self.rotation_axes,
@@ -86,7 +92,7 @@ class ProxyProbe:
         was_training = network.training
         network.eval()
         dims = tuple(a + 2 for a in self.rotation_axes)  # spatial axis -> batch dim
-        predicted, targets, first, second = [], [], [], []
+        predicted, targets, first, second, tokens = [], [], [], [], []
         l1 = {"inpainting": [], "inpainting_input": [], "mim": [], "mim_mean": []}
         try:
             for index in range(len(self.volumes)):
@@ -99,7 +105,15 @@ class ProxyProbe:
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(self.seed + index)
                     inputs, wanted = self.step.inputs(x)
-                out = network(**inputs)
+                hook = None
+                head = getattr(network, "contrastive_head", None)
+                if head is not None:  # the token the contrastive head reads, to tell where a collapse is
+                    hook = head.register_forward_hook(lambda module, args, output: tokens.append(args[0].float().cpu()))
+                try:
+                    out = network(**inputs)
+                finally:
+                    if hook is not None:
+                        hook.remove()
                 if "reconstruction" in out:
                     masked = inputs["x"] != wanted["reconstruction"]  # the voxels the masking changed
                     if masked.any():
@@ -134,8 +148,20 @@ class ProxyProbe:
             similarity = torch.nn.functional.normalize(p1, dim=1) @ torch.nn.functional.normalize(p2, dim=1).T
             same = torch.arange(p1.shape[0])
             top1 = torch.cat([similarity.argmax(1) == same, similarity.argmax(0) == same]).float().mean()
-            report["contrastive"] = {"top1": float(top1), "chance": 1 / p1.shape[0], "crops": int(p1.shape[0])}
+            report["contrastive"] = {
+                "top1": float(top1),
+                "chance": 1 / p1.shape[0],
+                "crops": int(p1.shape[0]),
+                "loss": float(nt_xent(p1, p2, self.temperature)),
+                "collapse_loss": contrastive_collapse_loss(p1.shape[0]),
+            }
             report["collapse"] = collapse_report(torch.cat([p1, p2]))
+            head = getattr(network, "contrastive_head", None)
+            if head is not None:
+                bias = (head if isinstance(head, torch.nn.Linear) else head[-1]).bias.float().cpu()
+                # the share of each projection's length that is the head's last bias: near 1, every crop maps to it
+                report["collapse"]["bias_share"] = float((bias.norm() / torch.cat([p1, p2]).norm(dim=1)).mean())
+                report["token_collapse"] = collapse_report(torch.cat(tokens))
         if "inpainting" in self.tasks:
             report["inpainting"] = {
                 "l1_masked": mean(l1["inpainting"]),
@@ -162,10 +188,19 @@ class ProxyProbe:
             metrics.update(
                 val_probe_contrastive_top1=report["contrastive"]["top1"],
                 val_probe_contrastive_chance=report["contrastive"]["chance"],
+                val_probe_contrastive_loss=report["contrastive"]["loss"],
+                val_probe_contrastive_collapse_loss=report["contrastive"]["collapse_loss"],
+                val_probe_collapsed=float(collapse["collapsed"]),
                 val_probe_embedding_std=collapse["std"],
                 val_probe_embedding_healthy_std=collapse["healthy_std"],
                 val_probe_effective_rank=collapse["effective_rank"],
             )
+            if "token_collapse" in report:
+                metrics.update(
+                    val_probe_projection_bias_share=collapse["bias_share"],
+                    val_probe_token_std=report["token_collapse"]["std"],
+                    val_probe_token_effective_rank=report["token_collapse"]["effective_rank"],
+                )
         if "inpainting" in report:
             metrics.update(
                 val_probe_inpainting_l1=report["inpainting"]["l1_masked"],

@@ -29,6 +29,7 @@ class ViewedStep:
         image_key: batch key of the crops.
         tasks: the selected proxy tasks (``scripts.pretraining.tasks``).
         mim_mask_ratio, mim_block_size: MIM's block masking (``scripts.pretraining.mim.block_mask``).
+        view_rotation: whether the two views of a crop turn independently or alike (``make_views``).
     """
 
     def __init__(
@@ -42,8 +43,9 @@ class ViewedStep:
         tasks=PAPER_TASKS,
         mim_mask_ratio: float = 0.6,
         mim_block_size: int = 32,
+        view_rotation: str = "independent",
     ):
-        self.view_args = (max_fraction, min_side, max_side, tuple(rotation_axes), swap_source)
+        self.view_args = (max_fraction, min_side, max_side, tuple(rotation_axes), swap_source, view_rotation)
         self.image_key = image_key
         self.tasks = check_tasks(tasks)
         self.mim_mask_ratio, self.mim_block_size = float(mim_mask_ratio), int(mim_block_size)

@@ -58,3 +58,25 @@ def key_metric(tasks) -> str:
 def lower_is_better(metric: str) -> bool:
     """True for the L1 scores, False for the accuracies."""
     return metric.endswith("_l1")
+
+
+def check_batch(tasks, batch_size: int, num_samples: int, volumes: int | None = None, ranks: int = 1, gather=False):
+    """Refuse a step that cannot hold what the tasks compare.
+
+    Contrastive coding contrasts the crops of one step (``batch_size`` volumes x ``num_samples`` crops on each of
+    ``ranks`` processes; the other ranks' crops count only with ``gather`` negatives): one crop leaves it no
+    negative and a loss of exactly 0. Batches of fewer volumes are dropped (they would change the number of
+    negatives, and the loss, from step to step), so ``volumes`` usable volumes (all ranks together, shared out
+    evenly) fewer than ``batch_size`` per process leave no step at all.
+    """
+    crops = int(batch_size) * int(num_samples) * (max(int(ranks), 1) if gather else 1)
+    if "contrastive" in check_tasks(tasks) and crops < 2:
+        raise ConfigError(
+            f"batch_size {batch_size} x num_samples {num_samples} = 1 crop per step: contrastive coding needs two "
+            "or more (one leaves no negative and a loss of 0); raise --batch_size or --num_samples"
+        )
+    if volumes is not None and -(-int(volumes) // max(int(ranks), 1)) < int(batch_size):
+        raise ConfigError(
+            f"{volumes} usable pre-training volumes{f' over {ranks} processes' if ranks > 1 else ''}, fewer than "
+            f"batch_size {batch_size} per process: no full batch (smaller ones are dropped); lower --batch_size"
+        )

@@ -17,11 +17,18 @@ folder, as the workflows do: missing, empty, unreadable, corrupt or
 truncated files, 2-D or multi-volume images, non-finite voxels, label shape / affine / values;
 warns about images whose intensities do not look like CT in HU. Prints one line per problem and a
 summary; exits 1 when any error was found.
+
+``--pretraining true`` adds pre-training's content rule (``scripts.pretraining.content``): volumes thinner than
+a crop are named with the padding they cause, and those pre-training would skip (mostly padding, mostly
+outside the HU window, or flat inside it) are listed as such. The crop, spacing and window are those of
+``configs/pretrain.json``; ``--roi_size``, ``--pixdim``, ``--a_min``, ``--a_max`` change them (the CPU overlay
+``configs/small_pretrain.json``: ``--roi_size "[64,64,64]" --pixdim "[4,4,4]"``).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 
@@ -29,8 +36,24 @@ import fire
 
 from scripts.errors import InputError, install_error_hook
 from scripts.inputs import Geometry, check_case, entry_problems, load_datalist_json, nifti_files
+from scripts.pretraining.content import CropContent
 
 LISTS = ("training", "validation", "test")
+PRETRAIN_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pretrain.json")
+
+
+def pretraining_content(roi_size=None, pixdim=None, a_min=None, a_max=None) -> CropContent:
+    """Pre-training's content rule with ``configs/pretrain.json``'s crop, spacing and window unless given."""
+    with open(PRETRAIN_CONFIG) as f:
+        config = json.load(f)
+    return CropContent(
+        roi_size=roi_size or config["roi_size"],
+        pixdim=pixdim or config["pixdim"],
+        a_min=config["a_min"] if a_min is None else a_min,
+        a_max=config["a_max"] if a_max is None else a_max,
+        min_crop_fill=config["min_crop_fill"],
+        min_window_fraction=config["min_window_fraction"],
+    )
 
 
 def _rules(declared: dict, labels, label_values, channels, modality) -> tuple[bool, int | None, int, str]:
@@ -75,6 +98,11 @@ def check(
     labels: bool | None = None,
     channels: int | None = None,
     modality: str | None = None,
+    pretraining: bool = False,
+    roi_size=None,
+    pixdim=None,
+    a_min: float | None = None,
+    a_max: float | None = None,
 ) -> int:
     """Check every case; returns the number of errors (printed, with warnings and a summary).
 
@@ -82,6 +110,8 @@ def check(
     entry has one). ``label_values``: labels hold values 0..label_values-1 (default: the datalist's ``labels``).
     ``channels``, ``modality``: the task's input (``configs/tasks/``; default: the datalist's ``modality``, else
     1 and CT): images must hold that many channels; only CT images are warned about intensities unlike HU.
+    ``pretraining``: also apply pre-training's content rule (crop ``roi_size`` at ``pixdim``, window ``a_min`` to
+    ``a_max``; defaults from ``configs/pretrain.json``); a volume pre-training would skip counts as an error.
     """
     if bool(datalist) == bool(folder):
         raise SystemExit("check_data: give either --datalist (with --dataset_dir) or --folder")
@@ -93,18 +123,28 @@ def check(
     except InputError as e:  # missing or unreadable datalist: nothing to check
         print(f"ERROR {e}")
         return 1
+    content = pretraining_content(roi_size, pixdim, a_min, a_max) if pretraining else None
     for name, item in cases:
         try:
             keys = tuple(k for k in ("image", "label") if k in item)
-            check_case(item, keys, label_values, warnings, Geometry(channels=channels, modality=modality))
+            loaded = check_case(item, keys, label_values, warnings, Geometry(channels=channels, modality=modality))
         except InputError as e:
             errors.append(f"{name}: {e}")
+            continue
+        if content is not None:
+            reason, notes = content.check(loaded["image"][0].affine, loaded["image"][1])
+            warnings += [f"{name}: image {item['image']}: {note}" for note in notes]
+            if reason:
+                errors.append(f"{name}: image {item['image']}: pre-training skips it: {reason}")
     for line in errors:
         print(f"ERROR {line}")
     for line in warnings:
         print(f"WARNING {line}")
     values = f"values 0..{label_values - 1}" if label_values else "any label values"
     rules = f"labels {'required' if labels else 'optional'}, {values}, {channels} channel(s) of {modality}"
+    if content is not None:
+        crop = " x ".join(f"{v:.0f}" for v in content.crop_mm)
+        rules += f", pre-training crops of {crop} mm in HU ({content.a_min:g}, {content.a_max:g})"
     print(f"checked {len(cases)} cases ({rules}): {len(errors)} with errors, {len(warnings)} warnings")
     return len(errors)
 
