@@ -2,12 +2,15 @@
 to fine-tuning."""
 
 import csv
+import json
+import os
 
 import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from conftest import ROOT, SMALL_WINDOW, bundle_run, configs
+from conftest import REAL_CT, ROOT, SMALL_WINDOW, bundle_run, configs, requires_real_ct
+from scripts.pretraining.chance import contrastive_collapse_loss
 
 pytestmark = pytest.mark.slow  # every test runs or reads a pre-training workflow
 
@@ -45,8 +48,12 @@ def test_short_pretraining_learns_the_proxy_tasks(pretrained):
 def test_pretraining_skips_the_broken_volumes_and_lists_them(pretrained):
     with open(pretrained["dir"] / "runs" / "skipped_train.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [row["image"] for row in rows] == pretrained["broken"]
+    assert [row["image"] for row in rows[:2]] == pretrained["broken"]
     assert "file is empty" in rows[0]["problem"] and "unreadable or corrupt" in rows[1]["problem"]
+    # readable but unable to teach: the 3-slice real CT, thinner than a crop, named with the rule that skipped it
+    thin = [os.path.basename(row["image"]) for row in rows[2:]]
+    assert thin == (["thin3slice_ct.nii.gz"] if REAL_CT.is_dir() else [])
+    assert all("thinner than the 256 mm crop" in row["problem"] and "min_crop_fill" in row["problem"] for row in rows[2:])
 
 
 def test_pretraining_stops_before_training_when_too_many_volumes_are_broken(pretrained, phantoms, tmp_path):
@@ -163,3 +170,43 @@ def test_a_rotation_plane_with_unequal_crop_sides_stops_at_start_up_in_one_line(
         "plane to be equal (64 != 96)" in proc.stderr
     )
     assert not (tmp_path / "runs").exists()  # nothing was read or written before the check
+
+
+REAL_CT_ITERATIONS = 40
+CONTRASTIVE_MARGIN = 0.3  # below ln(2N - 1), the value of projections collapsed to one direction
+
+
+@requires_real_ct()
+def test_on_the_shared_real_ct_the_contrastive_and_rotation_heads_learn(tmp_path):
+    """The CPU overlay as a new user runs it on a folder of real CT: the label maps and the 3-slice scan are
+    skipped, and within a short run the contrastive loss leaves its collapse value and the balanced rotation
+    probe's 95% interval leaves chance."""
+    bundle_run(
+        ["pretrain.json", "small_pretrain.json"],
+        {
+            "train_sources": [str(REAL_CT)],
+            "output_dir": tmp_path / "runs",
+            "ckpt_dir": tmp_path / "models",
+            "max_iterations": REAL_CT_ITERATIONS,
+            "ckpt_interval": REAL_CT_ITERATIONS,
+            "val_interval": REAL_CT_ITERATIONS,
+            "image_interval": REAL_CT_ITERATIONS,
+            "probe_crops_per_volume": 8,
+        },
+    )
+    skipped = list(csv.DictReader(open(tmp_path / "runs" / "skipped_train.csv")))
+    assert sorted(os.path.basename(row["image"]) for row in skipped) == [
+        "abdomen_pelvis_3mm_btcv13.nii.gz",
+        "lung1_chest_nodule.nii.gz",
+        "thin3slice_ct.nii.gz",
+        "thin3slice_labels.nii.gz",
+    ]
+    rows = read_losses(tmp_path / "runs" / "losses.csv")
+    crops = 2  # the overlay's step: 2 volumes x 1 crop
+    late = [row["contrastive"] for row in rows[-10:]]
+    assert min(row["contrastive"] for row in rows) > 0  # full batches only: never the 0 of a one-crop step
+    assert sum(late) / len(late) < contrastive_collapse_loss(crops) - CONTRASTIVE_MARGIN
+    probe = json.loads((tmp_path / "runs" / "probe" / "epoch_1.json").read_text())
+    assert probe["rotation"]["n"] == 3 * 8 * 4 and probe["rotation"]["interval"][0] > 0.25
+    assert not probe["collapse"]["collapsed"] and not probe["token_collapse"]["collapsed"]
+    assert probe["contrastive"]["loss"] < probe["contrastive"]["collapse_loss"] - CONTRASTIVE_MARGIN

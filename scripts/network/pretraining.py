@@ -16,7 +16,7 @@ HEAD_TYPES = ("linear", "mlp")
 # what ``proxy_heads`` sets: the reference code's heads, and the bundle's (docs/pretraining.md, "Heads that learn")
 HEAD_PRESETS = {
     "reference": {"token_choice": "reference", "head_type": "linear"},
-    "pooled_mlp": {"token_choice": "pool", "head_type": "mlp"},
+    "pooled": {"token_choice": "pool", "head_type": "linear"},
 }
 
 
