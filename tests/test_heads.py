@@ -95,4 +95,4 @@ def test_fewer_usable_volumes_than_a_batch_are_refused_since_partial_batches_are
     check_batch(["contrastive"], batch_size=2, num_samples=1, volumes=3, ranks=2, gather=True)  # padded to 2 each
     parser = parsed()
     assert parser.get("train#dataloader#drop_last") is True
-    assert any("check_batch" in str(step) and "len(@train#data)" in str(step) for step in parser.get("initialize"))
+    assert "@batch_check" in parser.get("initialize") and parser.get("batch_check#volumes") == "$len(@train#data)"

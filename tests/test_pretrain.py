@@ -191,7 +191,7 @@ def test_on_the_shared_real_ct_the_contrastive_and_rotation_heads_learn(tmp_path
             "ckpt_interval": REAL_CT_ITERATIONS,
             "val_interval": REAL_CT_ITERATIONS,
             "image_interval": REAL_CT_ITERATIONS,
-            "probe_crops_per_volume": 8,
+            "probe_crops_per_volume": 16,
         },
     )
     skipped = list(csv.DictReader(open(tmp_path / "runs" / "skipped_train.csv")))
@@ -207,6 +207,6 @@ def test_on_the_shared_real_ct_the_contrastive_and_rotation_heads_learn(tmp_path
     assert min(row["contrastive"] for row in rows) > 0  # full batches only: never the 0 of a one-crop step
     assert sum(late) / len(late) < contrastive_collapse_loss(crops) - CONTRASTIVE_MARGIN
     probe = json.loads((tmp_path / "runs" / "probe" / "epoch_1.json").read_text())
-    assert probe["rotation"]["n"] == 3 * 8 * 4 and probe["rotation"]["interval"][0] > 0.25
+    assert probe["rotation"]["n"] == 3 * 16 * 4 and probe["rotation"]["interval"][0] > 0.25
     assert not probe["collapse"]["collapsed"] and not probe["token_collapse"]["collapsed"]
     assert probe["contrastive"]["loss"] < probe["contrastive"]["collapse_loss"] - CONTRASTIVE_MARGIN

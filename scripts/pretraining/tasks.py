@@ -78,5 +78,6 @@ def check_batch(tasks, batch_size: int, num_samples: int, volumes: int | None = 
     if volumes is not None and -(-int(volumes) // max(int(ranks), 1)) < int(batch_size):
         raise ConfigError(
             f"{volumes} usable pre-training volumes{f' over {ranks} processes' if ranks > 1 else ''}, fewer than "
-            f"batch_size {batch_size} per process: no full batch (smaller ones are dropped); lower --batch_size"
+            f"batch_size {batch_size} per process: no full batch (smaller ones are dropped); lower --batch_size "
+            "(and raise --num_samples to keep two or more crops per step)"
         )
