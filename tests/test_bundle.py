@@ -76,12 +76,13 @@ def test_small_overlay_shrinks_every_workflow(base):
     assert parser.get_parsed_content("roi_size") == [64, 64, 64]
 
 
-def test_train_workflow_properties(phantoms):
+def test_train_workflow_properties(phantoms, tmp_path):
     wf = ConfigWorkflow(
         config_file=configs("train.json", "small.json"),
         workflow_type="train",
         bundle_root=str(ROOT),
         dataset_dir=str(phantoms),
+        output_dir=str(tmp_path / "runs"),  # initialize() takes the run lock of its output_dir
         num_workers=0,
     )
     wf.initialize()
@@ -180,7 +181,7 @@ def test_pretraining_defaults_are_the_reference_codes():
     assert parser.get("lr_scheduler#_target_") == "monai.optimizers.WarmupCosineSchedule"
 
 
-def test_pretrain_workflow_properties_and_no_anomaly_detection(phantoms):
+def test_pretrain_workflow_properties_and_no_anomaly_detection(phantoms, tmp_path):
     import torch
 
     wf = ConfigWorkflow(
@@ -188,6 +189,7 @@ def test_pretrain_workflow_properties_and_no_anomaly_detection(phantoms):
         workflow_type="train",
         bundle_root=str(ROOT),
         dataset_dir=str(phantoms),
+        output_dir=str(tmp_path / "runs"),  # initialize() takes the run lock of its output_dir
         num_workers=0,
     )
     wf.initialize()

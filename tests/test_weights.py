@@ -228,6 +228,7 @@ def test_training_configs_load_research_weights_with_legacy_merging(names, tmp_p
             "device": "$torch.device('cpu')",
             "pretrained_encoder": str(tmp_path / "model_swinvit.pt"),
             "window_size": 7,  # the research code's window, whatever the CPU overlay picks
+            "output_dir": str(tmp_path / "runs"),  # initialize takes the run lock of its output_dir
         }
     )
     parser.get_parsed_content("initialize")
