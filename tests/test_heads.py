@@ -26,7 +26,9 @@ def test_the_preset_sets_the_heads_and_the_reference_code_s_stay_selectable():
     bundle = parsed().get_parsed_content("network_def")
     assert (bundle.token_choice, bundle.head_type) == ("pool", "linear")
     mlp = parsed(head_type="mlp").get_parsed_content("network_def")  # each setting also on its own
-    assert (mlp.token_choice, mlp.head_type) == ("pool", "mlp") and isinstance(mlp.contrastive_head[1], torch.nn.LayerNorm)
+    assert (mlp.token_choice, mlp.head_type) == ("pool", "mlp") and isinstance(
+        mlp.contrastive_head[1], torch.nn.LayerNorm
+    )
     reference = parsed(proxy_heads="reference").get_parsed_content("network_def")
     assert (reference.token_choice, reference.head_type) == ("reference", "linear")
     assert isinstance(reference.rotation_head, torch.nn.Linear) and isinstance(

@@ -9,8 +9,9 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from conftest import REAL_CT, ROOT, SMALL_WINDOW, bundle_run, configs, requires_real_ct
 from scripts.pretraining.chance import contrastive_collapse_loss
+
+from conftest import REAL_CT, ROOT, SMALL_WINDOW, bundle_run, configs, requires_real_ct
 
 pytestmark = pytest.mark.slow  # every test runs or reads a pre-training workflow
 
@@ -53,7 +54,9 @@ def test_pretraining_skips_the_broken_volumes_and_lists_them(pretrained):
     # readable but unable to teach: the 3-slice real CT, thinner than a crop, named with the rule that skipped it
     thin = [os.path.basename(row["image"]) for row in rows[2:]]
     assert thin == (["thin3slice_ct.nii.gz"] if REAL_CT.is_dir() else [])
-    assert all("thinner than the 256 mm crop" in row["problem"] and "min_crop_fill" in row["problem"] for row in rows[2:])
+    assert all(
+        "thinner than the 256 mm crop" in row["problem"] and "min_crop_fill" in row["problem"] for row in rows[2:]
+    )
 
 
 def test_pretraining_stops_before_training_when_too_many_volumes_are_broken(pretrained, phantoms, tmp_path):
