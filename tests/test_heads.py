@@ -1,7 +1,8 @@
 """The proxy heads and views that learn on real CT, and the reference code's kept selectable: the preset sets both
-heads (the bundle's read the mean of all bottleneck tokens), the optional MLP heads normalise each crop alone (its
-projection does not depend on the other crops of its batch), shared turns give the two views of a crop the same
-target, and a step that would leave contrastive coding no negative is refused before any compute."""
+heads (the bundle's: an MLP on the mean of all bottleneck tokens, normalising each crop alone, so a projection does
+not depend on the other crops of its batch), the decoder starts alike whatever the heads, shared turns give the two
+views of a crop the same target, and a step that would leave contrastive coding no negative is refused before any
+compute."""
 
 import pytest
 import torch
@@ -24,11 +25,10 @@ def parsed(**overrides):
 
 def test_the_preset_sets_the_heads_and_the_reference_code_s_stay_selectable():
     bundle = parsed().get_parsed_content("network_def")
-    assert (bundle.token_choice, bundle.head_type) == ("pool", "linear")
-    mlp = parsed(head_type="mlp").get_parsed_content("network_def")  # each setting also on its own
-    assert (mlp.token_choice, mlp.head_type) == ("pool", "mlp") and isinstance(
-        mlp.contrastive_head[1], torch.nn.LayerNorm
-    )
+    assert (bundle.token_choice, bundle.head_type) == ("pool", "mlp")
+    assert isinstance(bundle.contrastive_head[1], torch.nn.LayerNorm)
+    linear = parsed(head_type="linear").get_parsed_content("network_def")  # each setting also on its own
+    assert (linear.token_choice, linear.head_type) == ("pool", "linear")
     reference = parsed(proxy_heads="reference").get_parsed_content("network_def")
     assert (reference.token_choice, reference.head_type) == ("reference", "linear")
     assert isinstance(reference.rotation_head, torch.nn.Linear) and isinstance(
@@ -38,7 +38,7 @@ def test_the_preset_sets_the_heads_and_the_reference_code_s_stay_selectable():
         head_preset("pool")
 
 
-def test_mlp_heads_treat_each_crop_alone_in_training_and_in_evaluation():
+def test_the_bundle_s_heads_treat_each_crop_alone_in_training_and_in_evaluation():
     torch.manual_seed(0)
     network = SSLHead(
         feature_size=12, window_size=4, token_choice="pool", head_type="mlp", tasks=["rotation", "contrastive"]
@@ -53,7 +53,7 @@ def test_mlp_heads_treat_each_crop_alone_in_training_and_in_evaluation():
             assert torch.allclose(together[key][1:2], alone[key], atol=1e-5), key
 
 
-def test_pooled_mlp_heads_read_the_mean_token_through_the_mlp():
+def test_the_bundle_s_heads_read_the_mean_token_through_the_mlp():
     torch.manual_seed(0)
     network = SSLHead(feature_size=12, window_size=4, token_choice="pool", head_type="mlp").eval()
     x = torch.rand(2, 1, 64, 64, 64)
@@ -98,3 +98,14 @@ def test_fewer_usable_volumes_than_a_batch_are_refused_since_partial_batches_are
     parser = parsed()
     assert parser.get("train#dataloader#drop_last") is True
     assert "@batch_check" in parser.get("initialize") and parser.get("batch_check#volumes") == "$len(@train#data)"
+
+
+def test_the_encoder_and_decoder_start_alike_whatever_the_heads():
+    """Comparisons of heads are fair only if the rest starts from the same draw (a seed, two head choices)."""
+    starts = []
+    for preset in ("reference", "pooled_mlp"):
+        torch.manual_seed(0)
+        network = SSLHead(feature_size=12, window_size=4, **head_preset(preset))
+        starts.append({k: v for k, v in network.state_dict().items() if not k.startswith(("rotation", "contrastive"))})
+    assert starts[0].keys() == starts[1].keys()
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])

@@ -16,7 +16,7 @@ HEAD_TYPES = ("linear", "mlp")
 # what ``proxy_heads`` sets: the reference code's heads, and the bundle's (docs/pretraining.md, "Heads that learn")
 HEAD_PRESETS = {
     "reference": {"token_choice": "reference", "head_type": "linear"},
-    "pooled": {"token_choice": "pool", "head_type": "linear"},
+    "pooled_mlp": {"token_choice": "pool", "head_type": "mlp"},
 }
 
 
@@ -88,10 +88,6 @@ class SSLHead(nn.Module):
             use_flash_attention=use_flash_attention,
         ).swinViT
         dim = 16 * feature_size
-        if "rotation" in self.tasks:
-            self.rotation_head = _head(dim, 4, self.head_type)
-        if "contrastive" in self.tasks:
-            self.contrastive_head = _head(dim, proj_dim, self.head_type)
         if "inpainting" in self.tasks:
             channels = [dim, dim // 2, dim // 4, dim // 8, dim // 16, dim // 16]
             stages: list[nn.Module] = []
@@ -104,6 +100,11 @@ class SSLHead(nn.Module):
                 ]
             stages.append(nn.Conv3d(channels[-1], in_channels, 1))
             self.reconstruction_head = nn.Sequential(*stages)
+        # built after the decoder, so that the encoder and decoder start alike (for a seed) whatever the heads
+        if "rotation" in self.tasks:
+            self.rotation_head = _head(dim, 4, self.head_type)
+        if "contrastive" in self.tasks:
+            self.contrastive_head = _head(dim, proj_dim, self.head_type)
         if "mim" in self.tasks:
             self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, feature_size, 1, 1, 1), std=0.02))
             self.mim_head = nn.Conv3d(dim, ENCODER_STRIDE**3 * in_channels, 1)
