@@ -33,6 +33,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: the cores are shared o
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     """Under ``--dist loadgroup`` the tests sharing an expensive session fixture run in one worker, which
     builds it once (each worker builds its own session fixtures)."""

@@ -59,10 +59,11 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_and_no_p
 
 @pytest.mark.slow
 def test_pretraining_on_a_corrupt_batch_stops_with_an_error_and_keeps_finite_checkpoints(phantoms, tmp_path):
-    # from the third training crop on, every batch turns to NaN after loading (the input checks only see the files)
+    # from the fifth training crop on (iteration 3 of 2 volumes x 1 crop), every batch turns to NaN after loading
+    # (the input checks only see the files)
     corrupt = (
         "$monai.transforms.Lambdad('image', lambda x, seen=__import__('itertools').count(): "
-        "x * float('nan') if next(seen) >= 2 else x)"
+        "x * float('nan') if next(seen) >= 4 else x)"
     )
     proc = bundle_run(
         ["pretrain.json", "small_pretrain.json"],
