@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from scripts.tools.phantoms import write_phantoms
 
@@ -33,15 +36,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: the cores are shared o
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items):
-    """Under ``--dist loadgroup`` the tests sharing an expensive session fixture run in one worker, which
-    builds it once (each worker builds its own session fixtures)."""
-    for item in items:
-        for fixture in ("trained", "pretrained"):
-            if fixture in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(fixture))
-                break
+def built_once(tmp_path_factory, name: str, build):
+    """``build(folder)`` run once per test run, its result shared. Under ``pytest -n`` every worker has its own
+    session, so a session fixture would be built by each: here the first worker to need it builds it in the run's
+    common base folder while any other waits on a file lock, then all read the same result."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the controller's base folder, removed by it when every test passed
+    done = root / f"{name}.pkl"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            folder = root / name
+            shutil.rmtree(folder, ignore_errors=True)  # a build another worker started and failed
+            folder.mkdir()
+            done.write_bytes(pickle.dumps(build(folder)))
+    return pickle.loads(done.read_bytes())
 
 
 def configs(*names: str) -> list[str]:
@@ -63,18 +72,25 @@ def bundle_run(config_names, overrides: dict, check: bool = True) -> subprocess.
 
 @pytest.fixture(scope="session")
 def phantoms(tmp_path_factory) -> Path:
-    """Four training, one validation and one test phantom."""
-    out = tmp_path_factory.mktemp("phantoms")
-    write_phantoms(str(out), num_train=4, num_val=1, num_test=1, seed=7)
-    return out
+    """Four training, one validation and one test phantom (one folder for all workers, so that the runs built
+    once below name the same data as the tests reading them)."""
+
+    def build(out):
+        write_phantoms(str(out), num_train=4, num_val=1, num_test=1, seed=7)
+        return out
+
+    return built_once(tmp_path_factory, "phantoms", build)
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, phantoms):
     """A short training run on the phantoms (two epochs, a checkpoint after each)."""
+    return built_once(tmp_path_factory, "train", lambda out: _train(out, phantoms))
+
+
+def _train(out: Path, phantoms: Path) -> dict:
     from monai.bundle import ConfigWorkflow
 
-    out = tmp_path_factory.mktemp("train")
     wf = ConfigWorkflow(
         config_file=configs("train.json", "small.json"),
         workflow_type="train",
@@ -129,9 +145,12 @@ PRETRAIN_ITERATIONS = 24
 def pretrained(tmp_path_factory, phantoms):
     """A short pre-training run on the phantoms (and the unlabelled real CT when present), with two broken
     volumes among them, as in any large public collection."""
+    return built_once(tmp_path_factory, "pretrain", lambda out: _pretrain(out, phantoms))
+
+
+def _pretrain(out: Path, phantoms: Path) -> dict:
     from monai.bundle import ConfigWorkflow
 
-    out = tmp_path_factory.mktemp("pretrain")
     broken = out / "broken"
     broken.mkdir()
     (broken / "empty.nii.gz").write_bytes(b"")
