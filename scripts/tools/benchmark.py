@@ -13,6 +13,13 @@ the figures as JSON. Variants:
 - ``sdpa``: ``bundle`` with the SDPA kernel also on the CPU.
 - ``compile``: ``bundle`` plus ``torch.compile`` (the first, compiling call is reported separately).
 - ``checkpoint``: ``bundle`` plus activation checkpointing (``use_checkpoint``), for memory.
+- ``openvino``: inference only, on the CPU: the windows through OpenVINO at float32
+  (``scripts.inference.cpu_engine``, what inference and evaluation run on a CPU); ``openvino_bf16`` the same in
+  bfloat16. Conversion and compilation are the first call's; the labels are compared with the first variant's
+  (per-class Dice, reported as ``label_dice_min``).
+
+A real CT for the inference task (``--image``) is reoriented to RAS, resampled to ``--pixdim`` and windowed as
+``configs/inference.json`` does; otherwise the volume is uniform noise of ``--volume`` voxels.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import copy
 import json
 import platform
 import statistics
+import tempfile
 import time
 from types import SimpleNamespace
 
@@ -32,13 +40,16 @@ from monai.networks.nets import SwinUNETR
 
 from scripts.atomic_files import atomic_path
 from scripts.errors import ConfigError, install_error_hook
+from scripts.inference.cpu_engine import EngineSlidingWindowInferer
+from scripts.inputs import require_file
 from scripts.network.pretraining import SSLHead
 from scripts.network.speed import compile_network, use_attention
 from scripts.options import choice
 from scripts.pretraining.loss import SSLLoss
 from scripts.pretraining.steps import SSLTrainStep
 
-VARIANTS = ("plain", "bundle", "sdpa", "compile", "checkpoint")
+VARIANTS = ("plain", "bundle", "sdpa", "compile", "checkpoint", "openvino", "openvino_bf16")
+ENGINE_VARIANTS = {"openvino": "f32", "openvino_bf16": "bf16"}
 WORKLOADS = ("pretrain", "finetune", "infer")
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -58,6 +69,8 @@ class _Case:
             for module in network.modules():
                 if hasattr(module, "use_checkpoint"):
                     module.use_checkpoint = True
+        if variant in ENGINE_VARIANTS and (task != "infer" or device.type != "cpu"):
+            raise ConfigError(f"variant {variant} is CPU inference only: use --tasks infer --device cpu")
         # the configs' default kernel: SDPA on CUDA, MONAI's matrix path in CPU training (measured faster there)
         sdpa = variant == "sdpa" or (variant != "plain" and device.type == "cuda")
         use_attention(network, "sdpa" if sdpa else "monai")
@@ -88,8 +101,17 @@ class _Case:
             self.x = torch.rand((n, 1, *roi), generator=generator).to(device)
             self.y = torch.randint(0, opts["classes"], (n, 1, *roi), generator=generator).to(device)
         else:
-            self.inferer = SlidingWindowInferer(roi, sw_batch_size=opts["sw_batch_size"], overlap=opts["overlap"])
-            self.x = torch.rand((1, 1, *opts["volume"]), generator=generator).to(device)
+            window = dict(roi_size=roi, sw_batch_size=opts["sw_batch_size"], overlap=opts["overlap"], mode="gaussian")
+            if variant in ENGINE_VARIANTS:
+                self.inferer = EngineSlidingWindowInferer(
+                    **window, engine="openvino", precision=ENGINE_VARIANTS[variant], cache_dir=opts["cache_dir"]
+                )
+            else:
+                self.inferer = SlidingWindowInferer(**window)
+            self.x = (
+                opts["image"] if opts["image"] is not None else torch.rand((1, 1, *opts["volume"]), generator=generator)
+            )
+            self.x = self.x.to(device)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype))
@@ -116,22 +138,64 @@ class _Case:
 
 
 def _timed(case: _Case) -> tuple[float, float]:
-    """Seconds of one ``case.run()`` and the peak CUDA memory (GiB) during it (0 on CPU)."""
+    """Seconds of one ``case.run()`` and the peak CUDA memory (GiB) during it (0 on CPU); an inference case keeps
+    its labels (``case.labels``) for the comparison between variants."""
     if case.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(case.device)
     _sync(case.device)
     start = time.perf_counter()
-    case.run()
+    out = case.run()
     _sync(case.device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(case.device) / 2**30 if case.device.type == "cuda" else 0.0
+    if case.task == "infer":
+        case.labels = out.argmax(1).cpu()
     return seconds, peak
 
 
-def _side3(value, name: str) -> tuple[int, int, int]:
+def label_dice(a: torch.Tensor, b: torch.Tensor, classes: int) -> dict:
+    """Dice between two label maps for each class present in either (``{class: dice}``)."""
+    out = {}
+    for c in range(classes):
+        x, y = a == c, b == c
+        total = int(x.sum() + y.sum())
+        if total:
+            out[c] = 2 * int((x & y).sum()) / total
+    return out
+
+
+def load_volume(path: str, pixdim, a_min: float, a_max: float) -> torch.Tensor:
+    """``(1, 1, *spatial)`` float32: the image at ``path`` as ``configs/inference.json`` prepares it."""
+    from monai.transforms import (
+        Compose,
+        CropForeground,
+        EnsureChannelFirst,
+        LoadImage,
+        Orientation,
+        ScaleIntensityRange,
+        Spacing,
+    )
+    from monai.transforms.utils import is_positive
+
+    prepare = Compose(
+        [
+            LoadImage(image_only=True),
+            EnsureChannelFirst(),
+            Orientation(axcodes="RAS"),
+            Spacing(pixdim=pixdim, mode="bilinear"),
+            ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
+            CropForeground(select_fn=is_positive, allow_smaller=True),
+        ]
+    )
+    return torch.as_tensor(prepare(path)).float()[None]
+
+
+def _side3(value, name: str, multiple: int = 32) -> tuple[int, int, int]:
     sides = (value,) * 3 if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(sides) != 3 or min(sides) < 32 or any(s % 32 for s in sides):
-        raise ConfigError(f"{name} must be one int or three ints, each a multiple of 32 (>= 32), got {value!r}")
+    if len(sides) != 3 or min(sides) < multiple or any(s % multiple for s in sides):
+        raise ConfigError(
+            f"{name} must be one int or three ints, each a multiple of {multiple} (>= {multiple}), got {value!r}"
+        )
     return sides  # type: ignore[return-value]
 
 
@@ -149,6 +213,11 @@ def run(
     batch: int = 1,
     crops: int = 2,
     volume=None,
+    image: str | None = None,
+    pixdim=(1.5, 1.5, 2.0),
+    a_min: float = -175.0,
+    a_max: float = 250.0,
+    cache_dir: str | None = None,
     window_size: int = 7,
     classes: int = 14,
     sw_batch_size: int = 2,
@@ -168,7 +237,10 @@ def run(
     Args:
         feature_size: Swin embedding size (paper: 48). roi: crop side(s) (paper: 96).
         batch, crops: volumes per step and crops per volume (pre-training makes two views of each crop).
-        volume: side(s) of the volume segmented by sliding window (default 1.5 x roi, rounded to 32).
+        volume: side(s) of the noise volume segmented by sliding window (default 1.5 x roi, rounded to 32).
+        image: a CT (NIfTI, DICOM folder) to segment instead, prepared at ``pixdim`` with the window
+            ``[a_min, a_max]``. cache_dir: where the OpenVINO variants keep their converted model (default: a
+            temporary folder).
         window_size: Swin window (paper: 7), for all variants. amp: None, "fp16" or "bf16".
         tasks, variants: comma-separated choices (see the module docstring).
         repeats, warmup: timed and untimed rounds (the first call of each variant, with its compilation and
@@ -182,9 +254,14 @@ def run(
     if threads:
         torch.set_num_threads(threads)
     roi3 = _side3(roi, "roi")
-    volume3 = _side3(volume if volume is not None else [32 * round(1.5 * s / 32) for s in roi3], "volume")
+    volume3 = _side3(volume if volume is not None else [32 * round(1.5 * s / 32) for s in roi3], "volume", 1)
     task_list, variant_list = _split(tasks, WORKLOADS, "tasks"), _split(variants, VARIANTS, "variants")
-    opts = dict(roi=roi3, batch=batch, crops=crops, volume=volume3, classes=classes)
+    volume_image = None
+    if image is not None and "infer" in task_list:
+        volume_image = load_volume(str(require_file(image, "image")), pixdim, a_min, a_max)
+        volume3 = tuple(volume_image.shape[2:])
+    opts = dict(roi=roi3, batch=batch, crops=crops, volume=volume3, classes=classes, image=volume_image)
+    opts["cache_dir"] = cache_dir or tempfile.mkdtemp(prefix="benchmark_openvino_")
     opts.update(sw_batch_size=sw_batch_size, overlap=overlap)
     amp_dtype = AMP_DTYPES.get(amp) if amp else None
     results: dict = {
@@ -194,6 +271,7 @@ def run(
             "batch": batch,
             "crops": crops,
             "volume": volume3,
+            "image": image,
             "window_size": window_size,
             "amp": amp,
             "repeats": repeats,
@@ -238,6 +316,11 @@ def run(
             }
             for v in cases
         }
+        if task == "infer":
+            for v in variant_list[1:]:
+                dice = label_dice(cases[variant_list[0]].labels, cases[v].labels, classes)
+                results["tasks"][task][v]["label_dice"] = dice
+                results["tasks"][task][v]["label_dice_min"] = min(dice.values())
         del cases
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -253,20 +336,22 @@ def run(
 def table(results: dict) -> str:
     """The figures as a Markdown table."""
     s = results["settings"]
+    image = f" ({s['image']})" if s.get("image") else ""
     lines = [
         f"feature_size {s['feature_size']}, roi {s['roi']}, batch {s['batch']} x {s['crops']} crops, "
-        f"volume {s['volume']}, window {s['window_size']}, amp {s['amp']}, {s['device']}, "
+        f"volume {s['volume']}{image}, window {s['window_size']}, amp {s['amp']}, {s['device']}, "
         f"{s['threads']} threads, torch {s['torch']}, {s['repeats']} rounds",
         "",
-        "| task | variant | min s | median s | first s | speed-up | peak GiB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| task | variant | min s | median s | first s | speed-up | peak GiB | labels: min Dice |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task, variants in results["tasks"].items():
         for v, r in variants.items():
             ratio = next(value for key, value in r.items() if key.startswith("speedup_vs_"))
+            dice = f"{r['label_dice_min']:.4f}" if "label_dice_min" in r else "-"
             lines.append(
                 f"| {task} | {v} | {r['min_s']:.3f} | {r['median_s']:.3f} | {r['first_s']:.3f} | {ratio:.2f}x "
-                f"| {r['peak_gib']:.2f} |"
+                f"| {r['peak_gib']:.2f} | {dice} |"
             )
     return "\n".join(lines)
 

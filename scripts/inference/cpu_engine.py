@@ -1,0 +1,190 @@
+"""Sliding-window inference on the CPU through OpenVINO, with PyTorch's labels.
+
+On a CPU, PyTorch runs Swin UNETR's 3D convolutions slowly (at feature_size 48 they are most of a forward
+pass); OpenVINO runs the same network, converted from the loaded PyTorch module, several times faster at the
+same float32 precision (docs/measurements.md). The converted model is cached on disk, keyed by the network's
+architecture, its weights and the window batch shape, so it is rebuilt exactly when one of them changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from monai.inferers import SlidingWindowInferer
+from torch import nn
+
+from scripts.errors import ConfigError
+from scripts.options import choice
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("auto", "openvino", "torch")
+PRECISIONS = ("f32", "bf16")
+KEEP_CACHED = 3  # converted models kept per cache folder (each is the size of the weights)
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_engine(engine: str, device) -> str:
+    """``"openvino"`` or ``"torch"``: ``auto`` takes OpenVINO on a CPU when the package is installed, PyTorch
+    otherwise (OpenVINO runs here on CPUs only)."""
+    choice("cpu_engine", engine, ENGINES)
+    if torch.device(device).type != "cpu" or engine == "torch":
+        return "torch"
+    if openvino_available():
+        return "openvino"
+    if engine == "openvino":
+        raise ConfigError(
+            "cpu_engine 'openvino': the openvino package is not installed (pip install -r requirements.txt)"
+        )
+    return "torch"
+
+
+def weights_key(network: nn.Module, shape, precision: str) -> str:
+    """Hex digest of what the converted model depends on: architecture, every tensor, input shape, precision and
+    the OpenVINO version."""
+    import openvino
+
+    digest = hashlib.blake2b(digest_size=12)
+    for text in (repr(network), str(tuple(shape)), precision, openvino.__version__):
+        digest.update(text.encode())
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_next_to(weights_path) -> str:
+    """The cache folder of the models converted from the weights at ``weights_path``: ``openvino/`` beside them."""
+    return os.path.join(os.path.dirname(os.path.abspath(str(weights_path))), "openvino")
+
+
+class CompiledNetwork:
+    """``network`` as an OpenVINO model on the CPU: windows ``(B, C, *roi)`` in, the network's output out, for
+    any ``B <= batch_size`` (the model is compiled for ``batch_size`` windows; a last, smaller batch is padded).
+
+    Args:
+        network: the loaded PyTorch module (converted in eval mode; left in the mode it was in).
+        cache_dir: folder of converted models (``<key>.xml`` / ``.bin``); an unwritable one falls back to a
+            temporary folder, with a warning.
+        batch_size: windows per call (the inferer's ``sw_batch_size``).
+        precision: ``"f32"`` (labels as PyTorch's) or ``"bf16"`` (faster on CPUs with AMX / AVX512-BF16).
+    """
+
+    def __init__(self, network: nn.Module, cache_dir, batch_size: int, precision: str = "f32"):
+        self.network, self.batch_size = network, int(batch_size)
+        self.cache_dir, self.precision = Path(cache_dir), choice("cpu_precision", precision, PRECISIONS)
+        self._compiled: dict = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.batch_size:
+            raise ValueError(f"a batch of {x.shape[0]} windows for a model compiled for {self.batch_size}")
+        shape = (self.batch_size, *x.shape[1:])
+        request = self._request(shape)
+        data = x.detach().float().cpu()
+        if data.shape[0] < self.batch_size:
+            data = torch.cat([data, data.new_zeros((self.batch_size - data.shape[0], *data.shape[1:]))])
+        out = request.infer({0: data.numpy()})[0]
+        return torch.from_numpy(out[: x.shape[0]].copy()).to(x.device)
+
+    def _request(self, shape):
+        key = weights_key(self.network, shape, self.precision)
+        if key not in self._compiled:
+            self._compiled = {key: self._compile(self._converted(key, shape)).create_infer_request()}
+        return self._compiled[key]
+
+    def _converted(self, key: str, shape) -> Path:
+        """The cached model for ``key``: converted and saved first when missing."""
+        folder = _writable(self.cache_dir)
+        xml = folder / f"{key}.xml"
+        if xml.is_file():
+            return xml
+        import openvino as ov
+
+        start = time.perf_counter()
+        training = self.network.training
+        self.network.eval()
+        try:
+            with torch.no_grad():
+                model = ov.convert_model(self.network, example_input=torch.zeros(shape), input=[tuple(shape)])
+        finally:
+            self.network.train(training)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            ov.save_model(model, str(Path(tmp) / "model.xml"), compress_to_fp16=False)  # keep float32 weights
+            os.replace(Path(tmp) / "model.bin", folder / f"{key}.bin")
+            os.replace(Path(tmp) / "model.xml", xml)  # last: its presence means the pair is complete
+        logger.info(f"cpu_engine: converted the network to OpenVINO in {time.perf_counter() - start:.0f} s ({xml})")
+        _prune(folder, keep=xml)
+        return xml
+
+    def _compile(self, xml: Path):
+        import openvino as ov
+
+        core = ov.Core()
+        config = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),  # as PyTorch: OMP_NUM_THREADS limits both
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        start = time.perf_counter()
+        compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+        logger.info(f"cpu_engine: OpenVINO {self.precision} model ready in {time.perf_counter() - start:.0f} s")
+        return compiled
+
+
+def _writable(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return folder
+    except OSError as error:
+        fallback = Path(tempfile.gettempdir()) / "swin_ssl_openvino"
+        logger.warning(f"cpu_engine: cannot write the converted model to {folder} ({error}); using {fallback}")
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+
+def _prune(folder: Path, keep: Path) -> None:
+    """Drop all but the ``KEEP_CACHED`` newest converted models."""
+    models = sorted(folder.glob("*.xml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    old = [p for p in models if p != keep][KEEP_CACHED - 1 :]
+    for xml in old:
+        xml.unlink(missing_ok=True)
+        xml.with_suffix(".bin").unlink(missing_ok=True)
+
+
+class EngineSlidingWindowInferer(SlidingWindowInferer):
+    """MONAI's ``SlidingWindowInferer`` whose windows run on ``engine``: ``"openvino"`` (see
+    :class:`CompiledNetwork`), ``"torch"`` (the network as given), or ``"auto"`` (OpenVINO on a CPU when
+    installed). The network passed in stays the PyTorch module, so loading weights, MONAI Label and the GPU path
+    are unchanged; its weights are re-checked at every call (a reloaded model is converted again)."""
+
+    def __init__(
+        self, *args, engine: str = "auto", cache_dir=None, precision: str = "f32", **kwargs
+    ):  # MONAI's own arguments first, as in its configs
+        super().__init__(*args, **kwargs)
+        self.engine, self.precision = (
+            choice("cpu_engine", engine, ENGINES),
+            choice("cpu_precision", precision, PRECISIONS),
+        )
+        self.cache_dir = cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "swin_ssl_openvino"
+        self._wrapped: dict = {}
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
+        if resolve_engine(self.engine, inputs.device) == "openvino" and isinstance(network, nn.Module):
+            if id(network) not in self._wrapped:
+                self._wrapped = {
+                    id(network): CompiledNetwork(network, self.cache_dir, self.sw_batch_size, self.precision)
+                }
+                logger.info(f"cpu_engine: sliding windows through OpenVINO ({self.precision}), cache {self.cache_dir}")
+            network = self._wrapped[id(network)]
+        return super().__call__(inputs, network, *args, **kwargs)
