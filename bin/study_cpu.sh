@@ -6,8 +6,8 @@
 # finished cells, so adding a proxy-task selection later computes only its own pre-training and cells.
 #   bash bin/study_cpu.sh [OUT_DIR]   # default runs/study_cpu
 # Environment: PROXY_SETS (default "paper": the paper's three tasks with the bundle's heads; "paper_reference_heads"
-# the same tasks with the reference code's heads, as the bundle pre-trained before: one crop of each of two volumes
-# per step replaced by two crops of one volume, thin volumes kept; "mim" MIM alone; "all" all four),
+# the same tasks with the reference code's heads and two crops of one volume per step, thin volumes kept;
+# "paper_shared_turns" the bundle's heads with both views of a crop turned alike; "mim" MIM alone; "all" all four),
 # PRETRAIN_ITERATIONS (200), ITERATIONS (112 fine-tuning steps per cell), WORKERS (2 cells side by side).
 set -euo pipefail
 out=$(realpath -m "${1:-runs/study_cpu}")  # before setup_env.sh moves to the bundle root
@@ -16,9 +16,12 @@ pretrain_iterations=${PRETRAIN_ITERATIONS:-200}
 iterations=${ITERATIONS:-112}
 real_ct=$(realpath -m ../shared/data/real_ct)
 paper="['inpainting','rotation','contrastive']"
-declare -A tasks=([paper]=$paper [paper_reference_heads]=$paper [mim]="['mim']" [all]="${paper%]},'mim']")
-declare -A files=([paper]=paper_tasks [paper_reference_heads]=paper_tasks_reference_heads [mim]=mim_only [all]=all_four)
-declare -A extra=([paper_reference_heads]="--proxy_heads reference --view_rotation independent --batch_size 1 --num_samples 2 --min_crop_fill 0")
+declare -A tasks=([paper]=$paper [paper_reference_heads]=$paper [paper_shared_turns]=$paper [mim]="['mim']"
+  [all]="${paper%]},'mim']")
+declare -A files=([paper]=paper_tasks [paper_reference_heads]=paper_tasks_reference_heads
+  [paper_shared_turns]=paper_tasks_shared_turns [mim]=mim_only [all]=all_four)
+declare -A extra=([paper_reference_heads]="--proxy_heads reference --batch_size 1 --num_samples 2 --min_crop_fill 0"
+  [paper_shared_turns]="--view_rotation shared")
 
 python -m scripts.tools.phantoms --out_dir "$out/data" --num_train 16 --num_val 4 --num_test 0
 sources="['$out/data/dataset.json']"

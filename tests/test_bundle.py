@@ -176,7 +176,7 @@ def test_pretraining_defaults_are_the_reference_codes():
     }
     assert {k: parser.get(k) for k in expected} == expected
     # the heads and the views' turns deviate on purpose (docs/defaults.md); the reference's stay one id away
-    assert (parser.get("proxy_heads"), parser.get("view_rotation")) == ("pooled_mlp", "shared")
+    assert (parser.get("proxy_heads"), parser.get("view_rotation")) == ("pooled_mlp", "independent")
     assert parser.get("train#trainer#_target_") == "SupervisedTrainer"
     assert parser.get("lr_scheduler#_target_") == "monai.optimizers.WarmupCosineSchedule"
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -74,22 +75,35 @@ def test_real_ct_inference_and_evaluation_stay_aligned(trained, tmp_path):
     (data / "dataset.json").write_text(json.dumps({"training": [entry], "validation": [entry], "test": [entry]}))
     image = nib.load(data / "images" / "abdomen.nii.gz")
 
-    bundle_run(
+    models = tmp_path / "models"  # the engine's cache goes beside the weights
+    shutil.copytree(trained["dir"] / "models", models)
+    inference = bundle_run(
         ["inference.json", "small.json"],
         {
             "dataset_dir": data / "images",
-            "ckpt_dir": trained["dir"] / "models",
+            "ckpt_dir": models,
             "output_dir": tmp_path / "inf",
             "num_workers": 0,
+            "cpu_engine": "auto",  # the default: OpenVINO on a CPU
         },
     )
     pred = nib.load(tmp_path / "inf" / "abdomen_seg.nii.gz")
     assert pred.shape == image.shape and np.allclose(pred.affine, image.affine, atol=1e-4)
+    assert "converted the network to OpenVINO" in inference.stdout + inference.stderr
+    assert len(list((models / "openvino").glob("*.xml"))) == 1
 
-    bundle_run(
+    evaluation = bundle_run(
         ["train.json", "evaluate.json", "small.json"],
-        {"dataset_dir": data, "ckpt_dir": trained["dir"] / "models", "output_dir": tmp_path / "eval", "num_workers": 0},
+        {
+            "dataset_dir": data,
+            "ckpt_dir": models,
+            "output_dir": tmp_path / "eval",
+            "num_workers": 0,
+            "cpu_engine": "auto",
+        },
     )
+    log = evaluation.stdout + evaluation.stderr
+    assert "sliding windows through OpenVINO" in log and "converted the network" not in log  # the cached model
     rows = read_table(tmp_path / "eval" / "val_mean_dice_per_case.csv")
     assert rows[0]["case"] == "abdomen.nii.gz"
     assert rows[0]["esophagus"] == ""  # absent from this scan: no Dice, not a zero

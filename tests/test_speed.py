@@ -232,6 +232,22 @@ def test_the_default_kernel_is_sdpa_on_cuda_and_monai_on_cpu(workflow):
         assert parser.get_parsed_content("attention") == expected
 
 
+def test_regional_compilation_compiles_each_swin_block_and_nothing_else():
+    from monai.networks.nets.swin_unetr import SwinTransformerBlock
+
+    net = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, window_size=4)
+    names = list(net.state_dict())
+    assert compile_network(net, enabled="regional") is net
+    blocks = [m for m in net.modules() if isinstance(m, SwinTransformerBlock)]
+    assert len(blocks) == 8  # depths 2/2/2/2
+    assert all(b._compiled_call_impl is not None for b in blocks)
+    others = [m for m in net.modules() if not isinstance(m, SwinTransformerBlock) and m not in blocks]
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in others if m is not net)
+    assert net._compiled_call_impl is None and list(net.state_dict()) == names
+    with pytest.raises(ConfigError, match="did you mean 'regional'"):
+        compile_network(net, enabled="regionl")
+
+
 def test_compile_from_the_command_line_means_what_it_says():
     from scripts.network.speed import prepare_network
 

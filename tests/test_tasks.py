@@ -17,7 +17,7 @@ from scripts.tasks.splits import Split, write_splits
 from scripts.tools.task_phantoms import generate_case, write_task_phantoms
 from scripts.transforms import LabelToRegionsd
 
-from conftest import ROOT, SHARED, configs
+from conftest import ROOT, SHARED, TORCH_WINDOWS, configs
 
 PRESETS = preset_names()
 MSD = {  # the MSD dataset.json channels and label names every preset must carry
@@ -307,6 +307,7 @@ def fine_tune_evaluate_segment(tmp_path, phantom, task, **train_overrides):
         output_dir=str(tmp_path / "eval"),
         **common,
         **TINY,
+        **TORCH_WINDOWS,
     )
     datalist = str(data / "dataset.json")
     run(
@@ -316,6 +317,7 @@ def fine_tune_evaluate_segment(tmp_path, phantom, task, **train_overrides):
         datalist=datalist,
         **common,
         **TINY,
+        **TORCH_WINDOWS,
     )
     name = f"{phantom}_002"
     image = nib.load(data / "imagesTs" / f"{name}.nii.gz")

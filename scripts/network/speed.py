@@ -12,10 +12,10 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets.swin_unetr import WindowAttention
+from monai.networks.nets.swin_unetr import SwinTransformerBlock, WindowAttention
 from torch import nn
 
-from scripts.options import choice, flag
+from scripts.options import choice
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +69,29 @@ def use_attention(network: nn.Module, kernel: str = "sdpa") -> nn.Module:
     return network
 
 
-def compile_network(network: nn.Module, enabled: bool = False, mode: str | None = None) -> nn.Module:
-    """``torch.compile`` the network in place when ``enabled`` (``nn.Module.compile`` keeps the parameter
-    names, so checkpoints stay loadable without the ``_orig_mod.`` prefix). Returns ``network``."""
-    if enabled:
+COMPILE_CHOICES = ("false", "true", "regional")
+
+
+def compile_network(network: nn.Module, enabled=False, mode: str | None = None) -> nn.Module:
+    """``torch.compile`` in place (``nn.Module.compile`` keeps the parameter names, so checkpoints stay loadable
+    without the ``_orig_mod.`` prefix). ``enabled``: false; true (the whole network as one graph); or
+    ``"regional"``: each Swin transformer block on its own, so the repeated blocks share compiled code and
+    compiling takes a fraction of the whole network's time. Returns ``network``."""
+    how = str(enabled).lower() if isinstance(enabled, (bool, str)) else enabled
+    choice("compile", how, COMPILE_CHOICES)
+    if how == "true":
         network.compile(mode=mode)
         logger.info(f"torch.compile on (mode {mode or 'default'}): the first iterations include compilation")
+    elif how == "regional":
+        blocks = [m for m in network.modules() if isinstance(m, SwinTransformerBlock)]
+        for block in blocks:
+            block.compile(mode=mode)
+        logger.info(f"torch.compile of {len(blocks)} Swin blocks (regional): the first iterations include compilation")
     return network
 
 
-def prepare_network(network: nn.Module, device, attention: str = "sdpa", compile: bool = False) -> nn.Module:
+def prepare_network(network: nn.Module, device, attention: str = "sdpa", compile=False) -> nn.Module:
     """The configs' ``network``: ``network_def`` with the chosen attention kernel, on ``device`` (a string or
-    a ``torch.device``), compiled when asked."""
+    a ``torch.device``), compiled when asked (``compile``: false, true or ``"regional"``)."""
     network = use_attention(network, attention).to(torch.device(device))
-    return compile_network(network, enabled=flag("compile", compile))  # "--compile false" is a string
+    return compile_network(network, enabled=compile)

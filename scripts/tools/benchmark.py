@@ -11,7 +11,8 @@ the figures as JSON. Variants:
 - ``bundle``: what the configs run: SDPA window attention on CUDA (``scripts.network.speed``), MONAI's fused
   attention whenever no gradient is taken, fused AdamW.
 - ``sdpa``: ``bundle`` with the SDPA kernel also on the CPU.
-- ``compile``: ``bundle`` plus ``torch.compile`` (the first, compiling call is reported separately).
+- ``compile``: ``bundle`` plus ``torch.compile`` of the whole network (the first, compiling call is reported
+  separately); ``regional``: ``bundle`` with each Swin block compiled on its own.
 - ``checkpoint``: ``bundle`` plus activation checkpointing (``use_checkpoint``), for memory.
 - ``openvino``: inference only, on the CPU: the windows through OpenVINO at float32
   (``scripts.inference.cpu_engine``, what inference and evaluation run on a CPU); ``openvino_bf16`` the same in
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import platform
 import statistics
 import tempfile
@@ -48,7 +50,7 @@ from scripts.options import choice
 from scripts.pretraining.loss import SSLLoss
 from scripts.pretraining.steps import SSLTrainStep
 
-VARIANTS = ("plain", "bundle", "sdpa", "compile", "checkpoint", "openvino", "openvino_bf16")
+VARIANTS = ("plain", "bundle", "sdpa", "compile", "regional", "checkpoint", "openvino", "openvino_bf16")
 ENGINE_VARIANTS = {"openvino": "f32", "openvino_bf16": "bf16"}
 WORKLOADS = ("pretrain", "finetune", "infer")
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -77,7 +79,8 @@ class _Case:
         for module in network.modules():
             if hasattr(module, "use_flash_attention"):
                 module.use_flash_attention = variant != "plain"
-        self.network = compile_network(network.to(device), enabled=variant == "compile")
+        compiled = {"compile": True, "regional": "regional"}.get(variant, False)
+        self.network = compile_network(network.to(device), enabled=compiled)
         fused = {} if variant == "plain" else {"fused": True}
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=1e-4, **fused)
         self.opts = opts
@@ -357,5 +360,6 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # conversion times
     install_error_hook(command=True)
     fire.Fire(run, serialize=lambda result: None)  # the table is printed; the dict is for callers

@@ -88,6 +88,8 @@ def run_cell(encoder, count, seed, n_train, common: dict, configs: list, folder:
     _run(["--config_file", _configs(["train.json", *configs]), *args], os.path.join(folder, "train.log"), env)
     evaluation = {k: v for k, v in ids.items() if k not in ("pretrained_encoder", "freeze_encoder_iterations")}
     evaluation["output_dir"] = os.path.join(folder, "eval")
+    # each cell's model segments a few volumes once: converting it for the CPU engine would cost more than it saves
+    evaluation["cpu_engine"] = "torch"
     args = [a for key, value in evaluation.items() for a in (f"--{key}", str(value))]
     _run(
         ["--config_file", _configs(["train.json", "evaluate.json", *configs]), *args],
