@@ -32,7 +32,7 @@ def test_metadata_versions_match_requirements():
     assert meta["monai_version"] == req["monai"]
     assert meta["pytorch_version"] == req["torch"]
     assert meta["numpy_version"] == req["numpy"]
-    for name, version in {**meta["required_packages_version"], **meta["optional_packages_version"]}.items():
+    for name, version in {**meta["required_packages_version"], **meta.get("optional_packages_version", {})}.items():
         assert req[name.lower()] == version, name
     names = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     assert len(names) == 14 and names["10"] == "portal vein and splenic vein" and names["13"] == "left adrenal gland"

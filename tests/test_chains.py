@@ -39,6 +39,7 @@ from chains import (
     write_dataset,
 )
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.inferers import SlidingWindowInferer
 from test_method_table import table_rows
 
 from scripts.transforms import LabelToRegionsd
@@ -382,7 +383,7 @@ def test_sliding_window_inference_uses_the_documented_overlap_mode_and_crop(work
     evaluator = parser.get_parsed_content("evaluator" if workflow == "inference" else "validate#evaluator")
     inferer = evaluator.inferer
     where = f"{workflow} chain ({name(preset)})"
-    assert type(inferer).__name__ == "SlidingWindowInferer", f"{where}: validation is not a sliding window"
+    assert isinstance(inferer, SlidingWindowInferer), f"{where}: validation is not a sliding window"
     assert inferer.overlap == documented("sw_overlap"), f"{where}: sliding-window overlap {inferer.overlap}"
     assert str(inferer.mode) == "gaussian", f"{where}: sliding-window blending {inferer.mode}, documented Gaussian"
     assert list(inferer.roi_size) == list(parser.get_parsed_content("roi_size")), f"{where}: window != roi_size"

@@ -164,3 +164,34 @@ def test_validation_during_training_stays_on_pytorch():
     parser = ConfigParser()
     parser.read_config(configs("train.json"))
     assert parser["validate#inferer"]["_target_"] == "SlidingWindowInferer"
+
+
+class LabelLookup(torch.nn.Module):
+    """A stand-in network whose class comes from the data through a Python number: tracing (which conversion uses)
+    bakes the example input's class in as a constant, without an error."""
+
+    def forward(self, x):
+        scores = torch.zeros((x.shape[0], CLASSES, *x.shape[2:]))
+        scores[:, int(x.flatten()[0].item() * 10) % CLASSES] = 1.0
+        return scores
+
+
+class Histogram(torch.nn.Module):
+    """A network with an operation OpenVINO's converter lacks (``torch.histc``)."""
+
+    def forward(self, x):
+        return torch.cat([x, x * torch.histc(x, bins=4)[0]] + [x] * (CLASSES - 2), dim=1)
+
+
+@pytest.mark.parametrize("network", [LabelLookup(), Histogram()], ids=["traced wrong", "not convertible"])
+def test_a_network_openvino_cannot_run_right_runs_on_pytorch_with_a_warning(network, tmp_path, caplog):
+    x = torch.full((1, 1, 64, 64, 64), 0.25)
+    windows = dict(roi_size=ROI, sw_batch_size=2, overlap=0.5)
+    inferer = EngineSlidingWindowInferer(**windows, engine="openvino", cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        out = inferer(x, network)
+        again = inferer(x, network)
+        assert logging.getLogger().level == logging.WARNING  # a failed conversion leaves the root logger as it was
+    assert torch.equal(out, SlidingWindowInferer(**windows)(x, network)) and torch.equal(again, out)
+    assert caplog.text.count("OpenVINO cannot run this network") == 1  # tried once, then PyTorch
+    assert "PyTorch runs it instead" in caplog.text

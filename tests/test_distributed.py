@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from scripts.pretraining.loss import nt_xent
 
-from conftest import ROOT, bundle_run, configs
+from conftest import ROOT, TORCH_WINDOWS, bundle_run, configs
 
 WORLD = 2
 # Written on every rank at the end of a run: its weights and the handler types attached to its trainer.
@@ -33,7 +33,8 @@ WRITERS = {"AtomicCheckpointSaver", "StatsHandler"}
 
 
 def torchrun(tmp_path, config_names, overrides, nproc=WORLD) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=nproc -m monai.bundle run`` with the rank report overlay."""
+    """``torchrun --standalone --nproc_per_node=nproc -m monai.bundle run`` with the rank report overlay (PyTorch's
+    windows, as ``bundle_run``)."""
     report = tmp_path / "rank_report.json"
     report.write_text(json.dumps(RANK_REPORT))
     cmd = [
@@ -48,6 +49,8 @@ def torchrun(tmp_path, config_names, overrides, nproc=WORLD) -> subprocess.Compl
         "--config_file",
         str(configs(*config_names) + [str(report)]),
     ]
+    if {"inference.json", "evaluate.json"} & set(config_names):
+        overrides = {**TORCH_WINDOWS, **overrides}
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -202,7 +203,12 @@ def test_gpu_check_fails_without_a_gpu_and_says_so(tmp_path):
 def test_gpu_check_dry_run_runs_every_step_cpu_sized(tmp_path):
     result = subprocess.run(
         ["bash", str(ROOT / "bin" / "gpu_check.sh"), "--dry-run", "--out_dir", str(tmp_path)],
-        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        env={
+            "PYTHON": sys.executable,
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            **{k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},  # the worker's
+        },
         capture_output=True,
         text=True,
     )

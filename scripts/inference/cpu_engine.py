@@ -28,7 +28,16 @@ logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "openvino", "torch")
 PRECISIONS = ("f32", "bf16")
+# largest difference from PyTorch on the first window, relative to PyTorch's largest score, that a converted model
+# may show (float32 measured: about 1e-5; bfloat16: about 1e-2): tracing can bake a data-dependent branch of a
+# network into a constant, which no error reports, so the first window of every converted model is checked
+TOLERANCE = {"f32": 1e-3, "bf16": 0.1}
 KEEP_CACHED = 3  # converted models kept per cache folder (each is the size of the weights)
+
+
+class ConversionError(RuntimeError):
+    """OpenVINO could not convert the network (an operation it lacks, a module that cannot be traced), or the
+    converted model does not compute what the network computes."""
 
 
 def openvino_available() -> bool:
@@ -72,6 +81,8 @@ def cache_next_to(weights_path) -> str:
 class CompiledNetwork:
     """``network`` as an OpenVINO model on the CPU: windows ``(B, C, *roi)`` in, the network's output out, for
     any ``B <= batch_size`` (the model is compiled for ``batch_size`` windows; a last, smaller batch is padded).
+    The first window after each conversion or compilation is also run by PyTorch: a difference beyond
+    ``TOLERANCE`` raises ``ConversionError``.
 
     Args:
         network: the loaded PyTorch module (converted in eval mode; left in the mode it was in).
@@ -85,6 +96,7 @@ class CompiledNetwork:
         self.network, self.batch_size = network, int(batch_size)
         self.cache_dir, self.precision = Path(cache_dir), choice("cpu_precision", precision, PRECISIONS)
         self._compiled: dict = {}
+        self._checked = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.batch_size:
@@ -94,13 +106,36 @@ class CompiledNetwork:
         data = x.detach().float().cpu()
         if data.shape[0] < self.batch_size:
             data = torch.cat([data, data.new_zeros((self.batch_size - data.shape[0], *data.shape[1:]))])
-        out = request.infer({0: data.numpy()})[0]
-        return torch.from_numpy(out[: x.shape[0]].copy()).to(x.device)
+        out = torch.from_numpy(request.infer({0: data.numpy()})[0][: x.shape[0]].copy())
+        if not self._checked:
+            self._check(data[:1], out[:1])
+            self._checked = True
+        return out.to(x.device)
+
+    def _check(self, window: torch.Tensor, converted: torch.Tensor) -> None:
+        with torch.no_grad():
+            expected = self.network(window)
+        if not isinstance(expected, torch.Tensor):
+            raise ConversionError(f"the network returns {type(expected).__name__}, the engine one tensor")
+        if expected.shape != converted.shape:
+            raise ConversionError(
+                f"its output shape {tuple(converted.shape)} differs from PyTorch's {tuple(expected.shape)}"
+            )
+        expected = expected.float()
+        scale = float(expected.abs().max()) or 1.0
+        worst = float((converted - expected).abs().max()) / scale
+        if not worst <= TOLERANCE[self.precision]:  # also catches NaN
+            raise ConversionError(
+                f"its output differs from PyTorch's on the first window by {worst:.2g} of the largest score "
+                f"(at most {TOLERANCE[self.precision]:g} for {self.precision})"
+            )
+        logger.info(f"cpu_engine: first window checked against PyTorch (largest difference {worst:.1e} of the scale)")
 
     def _request(self, shape):
         key = weights_key(self.network, shape)
         if key not in self._compiled:
             self._compiled = {key: self._compile(self._converted(key, shape)).create_infer_request()}
+            self._checked = False
         return self._compiled[key]
 
     def _converted(self, key: str, shape) -> Path:
@@ -114,12 +149,20 @@ class CompiledNetwork:
         start = time.perf_counter()
         training = self.network.training
         self.network.eval()
+        root = logging.getLogger()
+        # convert_model sets the root logger to ERROR (and adds a handler), and leaves it so when it fails: every
+        # warning of the run after it would be lost
+        saved = root.level, list(root.filters), list(root.handlers)
         try:  # traced for one input shape on purpose: the shape branches it warns about are constants here
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 model = ov.convert_model(self.network, example_input=torch.zeros(shape), input=[tuple(shape)])
+        except Exception as error:
+            raise ConversionError(f"{type(error).__name__}: {str(error).strip().splitlines()[0]}") from error
         finally:
             self.network.train(training)
+            root.setLevel(saved[0])
+            root.filters[:], root.handlers[:] = saved[1], saved[2]
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             ov.save_model(model, str(Path(tmp) / "model.xml"), compress_to_fp16=False)  # keep float32 weights
             os.replace(Path(tmp) / "model.bin", folder / f"{key}.bin")
@@ -168,7 +211,9 @@ class EngineSlidingWindowInferer(SlidingWindowInferer):
     """MONAI's ``SlidingWindowInferer`` whose windows run on ``engine``: ``"openvino"`` (see
     :class:`CompiledNetwork`), ``"torch"`` (the network as given), or ``"auto"`` (OpenVINO on a CPU when
     installed). The network passed in stays the PyTorch module, so loading weights, MONAI Label and the GPU path
-    are unchanged; its weights are re-checked at every call (a reloaded model is converted again)."""
+    are unchanged; its weights are re-checked at every call (a reloaded model is converted again). A network that
+    OpenVINO cannot convert, or whose converted model disagrees with it on the first window, runs on PyTorch, with
+    a warning saying why."""
 
     def __init__(
         self, *args, engine: str = "auto", cache_dir=None, precision: str = "f32", **kwargs
@@ -180,13 +225,19 @@ class EngineSlidingWindowInferer(SlidingWindowInferer):
         )
         self.cache_dir = cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "swin_ssl_openvino"
         self._wrapped: dict = {}
+        self._refused: set = set()  # ids of networks OpenVINO could not convert
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
-        if resolve_engine(self.engine, inputs.device) == "openvino" and isinstance(network, nn.Module):
+        engine = resolve_engine(self.engine, inputs.device)
+        if engine == "openvino" and isinstance(network, nn.Module) and id(network) not in self._refused:
             if id(network) not in self._wrapped:
                 self._wrapped = {
                     id(network): CompiledNetwork(network, self.cache_dir, self.sw_batch_size, self.precision)
                 }
                 logger.info(f"cpu_engine: sliding windows through OpenVINO ({self.precision}), cache {self.cache_dir}")
-            network = self._wrapped[id(network)]
+            try:
+                return super().__call__(inputs, self._wrapped[id(network)], *args, **kwargs)
+            except ConversionError as error:  # raised at the first window, before any result
+                logger.warning(f"cpu_engine: OpenVINO cannot run this network ({error}); PyTorch runs it instead")
+                self._refused.add(id(network))
         return super().__call__(inputs, network, *args, **kwargs)

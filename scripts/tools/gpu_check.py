@@ -224,6 +224,7 @@ def gpu_check(
         dataset_dir=str(inputs),
         output_dir=str(out / "inference"),
         ckpt_dir=str(models),
+        cpu_engine="torch",  # the GPU's path; the dry run on a CPU checks the same steps without converting
     )
     if ok:
         seg = out / "inference" / source.name.replace(".nii.gz", "_seg.nii.gz")
