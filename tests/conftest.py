@@ -36,6 +36,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: the cores are shared o
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_collection_modifyitems(items):
+    """One test needing the shared training run first, one needing the pre-training run second, then the tests
+    needing neither, then the rest: ``pytest -n 2`` hands the first tests out in turn, so each worker starts by
+    building one of the two runs and goes on with other tests while they are built, instead of waiting on the
+    other worker's lock."""
+    needs = {
+        id(item): next((f for f in ("trained", "pretrained") if f in getattr(item, "fixturenames", ())), None)
+        for item in items
+    }
+    first = [next((i for i in items if needs[id(i)] == f), None) for f in ("trained", "pretrained")]
+    first = [i for i in first if i is not None]
+    rest = [i for i in items if not any(i is f for f in first)]
+    items[:] = first + [i for i in rest if needs[id(i)] is None] + [i for i in rest if needs[id(i)] is not None]
+
+
 def built_once(tmp_path_factory, name: str, build):
     """``build(folder)`` run once per test run, its result shared. Under ``pytest -n`` every worker has its own
     session, so a session fixture would be built by each: here the first worker to need it builds it in the run's
