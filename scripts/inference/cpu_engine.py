@@ -21,7 +21,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from scripts.errors import ConfigError
+from scripts.errors import ConfigError, ReportedError
 from scripts.options import choice
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ TOLERANCE = {"f32": 1e-3, "bf16": 0.1}
 KEEP_CACHED = 3  # converted models kept per cache folder (each is the size of the weights)
 
 
-class ConversionError(RuntimeError):
+class ConversionError(ReportedError, RuntimeError):
     """OpenVINO could not convert the network (an operation it lacks, a module that cannot be traced), or the
     converted model does not compute what the network computes."""
 
