@@ -21,6 +21,13 @@ the figures as JSON. Variants:
 
 A real CT for the inference task (``--image``) is reoriented to RAS, resampled to ``--pixdim`` and windowed as
 ``configs/inference.json`` does; otherwise the volume is uniform noise of ``--volume`` voxels.
+
+Task ``pretrain_loop`` runs the bundle's real pre-training loop (``configs/pretrain.json`` at the same sizes, on
+``--data``: loading, caching, crops, views, step) once per ``--loaders`` entry and reports how much of its time
+the step takes and its rate against the step alone (``scripts.tools.pretrain_loop``); ``--repeats`` and
+``--warmup`` count its iterations. Peak memory is CUDA's allocated peak on a GPU and the process's resident peak
+on a CPU (everything the process holds, all variants' networks included). ``--docs docs/measurements.md`` writes
+the figures into that page's planning table (``scripts.tools.planning``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import platform
 import statistics
 import tempfile
 import time
@@ -49,10 +55,12 @@ from scripts.network.speed import compile_network, use_attention
 from scripts.options import choice
 from scripts.pretraining.loss import SSLLoss
 from scripts.pretraining.steps import SSLTrainStep
+from scripts.tools import planning, pretrain_loop
 
 VARIANTS = ("plain", "bundle", "sdpa", "compile", "regional", "checkpoint", "openvino", "openvino_bf16")
 ENGINE_VARIANTS = {"openvino": "f32", "openvino_bf16": "bf16"}
 WORKLOADS = ("pretrain", "finetune", "infer")
+LOOP_TASK = "pretrain_loop"
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -140,17 +148,41 @@ class _Case:
             return self.inferer(self.x, self.network)
 
 
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocated peak, or on Linux the process's resident high-water mark."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset the peak resident set size (Linux >= 4.0)
+    except OSError:
+        pass  # then the peak is the process's since its start
+
+
+def peak_gib(device: torch.device) -> float:
+    """The peak since ``reset_peak`` in GiB (on a CPU without /proc: the process's peak, from ``resource``)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def _timed(case: _Case) -> tuple[float, float]:
-    """Seconds of one ``case.run()`` and the peak CUDA memory (GiB) during it (0 on CPU); an inference case keeps
-    its labels (``case.labels``) for the comparison between variants."""
-    if case.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(case.device)
+    """Seconds of one ``case.run()`` and the peak memory (GiB, see ``peak_gib``) during it; an inference case
+    keeps its labels (``case.labels``) for the comparison between variants."""
+    reset_peak(case.device)
     _sync(case.device)
     start = time.perf_counter()
     out = case.run()
     _sync(case.device)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(case.device) / 2**30 if case.device.type == "cuda" else 0.0
+    peak = peak_gib(case.device)
     if case.task == "infer":
         case.labels = out.argmax(1).cpu()
     return seconds, peak
@@ -233,7 +265,11 @@ def run(
     warmup: int = 1,
     threads: int | None = None,
     seed: int = 0,
+    data: str | None = None,
+    loaders="process,thread",
+    loop_overrides: dict | None = None,
     out: str | None = "benchmark.json",
+    docs: str | None = None,
 ) -> dict:
     """Time the tasks for each variant; print a table and write ``out`` (JSON).
 
@@ -248,6 +284,10 @@ def run(
         tasks, variants: comma-separated choices (see the module docstring).
         repeats, warmup: timed and untimed rounds (the first call of each variant, with its compilation and
             allocations, is reported apart); threads: torch CPU threads (default: torch's).
+        data: pre-training sources of ``pretrain_loop`` (a folder, glob or datalist; default the config's
+            ``dataset_dir``, the demo's phantoms); loaders: ``process`` and/or ``thread``; loop_overrides: more
+            config overrides for the loop (e.g. ``{"cache_rate": 0.0}``).
+        docs: a page with a planning table (``docs/measurements.md``) to write the figures into.
     """
     if amp is not None:
         choice("amp", amp, tuple(AMP_DTYPES))
@@ -258,7 +298,8 @@ def run(
         torch.set_num_threads(threads)
     roi3 = _side3(roi, "roi")
     volume3 = _side3(volume if volume is not None else [32 * round(1.5 * s / 32) for s in roi3], "volume", 1)
-    task_list, variant_list = _split(tasks, WORKLOADS, "tasks"), _split(variants, VARIANTS, "variants")
+    task_list, variant_list = _split(tasks, WORKLOADS + (LOOP_TASK,), "tasks"), _split(variants, VARIANTS, "variants")
+    loader_list = _split(loaders, pretrain_loop.LOADERS, "loaders") if LOOP_TASK in task_list else []
     volume_image = None
     if image is not None and "infer" in task_list:
         volume_image = load_volume(str(require_file(image, "image")), pixdim, a_min, a_max)
@@ -278,13 +319,17 @@ def run(
             "window_size": window_size,
             "amp": amp,
             "repeats": repeats,
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "machine": planning.machine(dev),
+            "device_type": dev.type,
+            "pixdim": list(pixdim),
+            "sw_batch_size": sw_batch_size,
+            "overlap": overlap,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
         },
         "tasks": {},
     }
-    for task in task_list:
+    for task in [t for t in task_list if t != LOOP_TASK]:
         torch.manual_seed(seed)
         if task == "pretrain":
             template = SSLHead(feature_size=feature_size, window_size=window_size)
@@ -327,13 +372,43 @@ def run(
         del cases
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+    if loader_list:
+        results["loop"] = _loops(
+            loader_list, results["settings"], dev, amp_dtype, data, loop_overrides, repeats, warmup
+        )
     print(table(results))
     if out:
         with atomic_path(out) as tmp:
             with open(tmp, "w") as f:
                 json.dump(results, f, indent=2)
         print(f"wrote {out}")
+    if docs:
+        planning.write(docs, planning.rows(results))
+        print(f"wrote the planning rows into {docs}")
     return results
+
+
+def _loops(loaders, s: dict, dev, amp_dtype, data, overrides, iterations: int, warmup: int) -> dict:
+    """``pretrain_loop.measure`` per loader at the benchmark's sizes (each with its peak memory)."""
+    config = {
+        "feature_size": s["feature_size"],
+        "window_size": s["window_size"],
+        "roi_size": list(s["roi"]),
+        "batch_size": s["batch"],
+        "num_samples": s["crops"],
+        "pixdim": s["pixdim"],
+        "device": f"$torch.device({str(dev)!r})",
+        "amp": bool(amp_dtype),
+        "amp_dtype": str(amp_dtype or torch.float32).replace("torch.", ""),
+    }
+    if data is not None:
+        config["train_sources"] = [str(data)]
+    out = {}
+    for loader in loaders:
+        reset_peak(dev)
+        out[loader] = pretrain_loop.measure({**config, **(overrides or {})}, iterations, warmup, loader)
+        out[loader]["peak_gib"] = peak_gib(dev)
+    return out
 
 
 def table(results: dict) -> str:
@@ -342,12 +417,15 @@ def table(results: dict) -> str:
     image = f" ({s['image']})" if s.get("image") else ""
     lines = [
         f"feature_size {s['feature_size']}, roi {s['roi']}, batch {s['batch']} x {s['crops']} crops, "
-        f"volume {s['volume']}{image}, window {s['window_size']}, amp {s['amp']}, {s['device']}, "
+        f"volume {s['volume']}{image}, window {s['window_size']}, amp {s['amp']}, {s['machine']}, "
         f"{s['threads']} threads, torch {s['torch']}, {s['repeats']} rounds",
-        "",
-        "| task | variant | min s | median s | first s | speed-up | peak GiB | labels: min Dice |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    if results["tasks"]:
+        lines += [
+            "",
+            "| task | variant | min s | median s | first s | speed-up | peak GiB | labels: min Dice |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
     for task, variants in results["tasks"].items():
         for v, r in variants.items():
             ratio = next(value for key, value in r.items() if key.startswith("speedup_vs_"))
@@ -355,6 +433,19 @@ def table(results: dict) -> str:
             lines.append(
                 f"| {task} | {v} | {r['min_s']:.3f} | {r['median_s']:.3f} | {r['first_s']:.3f} | {ratio:.2f}x "
                 f"| {r['peak_gib']:.2f} | {dice} |"
+            )
+    if results.get("loop"):
+        lines += [
+            "",
+            "| pre-training loop | workers | s / iteration | step s | waiting for data s | other s | device busy "
+            "| step alone s | loop rate / step-alone rate | set-up s | peak GiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for loader, r in results["loop"].items():
+            lines.append(
+                f"| {loader} | {r['num_workers']} | {r['loop_s']:.3f} | {r['step_s']:.3f} | {r['data_wait_s']:.3f} "
+                f"| {r['other_s']:.3f} | {r['busy_fraction']:.1%} | {r['network_only_s']:.3f} "
+                f"| {r['throughput_ratio']:.1%} | {r['setup_s']:.1f} | {r['peak_gib']:.2f} |"
             )
     return "\n".join(lines)
 
