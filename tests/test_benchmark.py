@@ -114,4 +114,4 @@ def test_the_loop_benchmark_runs_the_bundles_own_pretraining_on_each_loader(phan
         assert figures["step_s"] + figures["data_wait_s"] <= figures["loop_s"] * 1.01
         assert figures["peak_gib"] > 0.2
     rows = [line for line in page.read_text().splitlines() if "pre-training loop, end to end" in line]
-    assert len(rows) == 2 and "process loader, 1 workers" in rows[0] and "device busy" in rows[0]
+    assert len(rows) == 2 and "process loader, 1 workers, num_workers 1" in rows[0] and "device busy" in rows[0]

@@ -324,6 +324,8 @@ def run(
             "pixdim": list(pixdim),
             "sw_batch_size": sw_batch_size,
             "overlap": overlap,
+            "loop_overrides": loop_overrides,
+            "data": data,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
         },

@@ -51,6 +51,10 @@ def _size(s: dict, task: str) -> str:
         return f"{net}, {volume} voxels{image}, sw_batch {s['sw_batch_size']}, overlap {s['overlap']}{amp}"
     if task == "finetune":
         return f"{net}, {s['batch'] * s['crops']} crops{amp}"
+    if task == "pretrain_loop":
+        data = Path(s["data"]).name if s.get("data") else "the configs' dataset_dir"
+        spacing = "x".join(f"{v:g}" for v in s["pixdim"])
+        return f"{net}, {s['batch']} volumes x {s['crops']} crops{amp}, {data} at {spacing} mm"
     return f"{net}, {s['batch']} volumes x {s['crops']} crops{amp}"
 
 
@@ -84,7 +88,8 @@ def rows(results: dict, date: str | None = None) -> list[str]:
             f"({r['throughput_ratio']:.0%} of its rate); waiting for data {r['data_wait_s']:.3f} s per iteration"
         )
         cells = [date, where, TASK_NAMES["pretrain_loop"], _size(s, "pretrain_loop")]
-        cells += [f"{loader} loader, {r['num_workers']} workers", f"{r['loop_s']:.2f}", f"{r['setup_s']:.2f}"]
+        changed = "".join(f", {k} {v}" for k, v in (s.get("loop_overrides") or {}).items())
+        cells += [f"{loader} loader, {r['num_workers']} workers{changed}", f"{r['loop_s']:.2f}", f"{r['setup_s']:.2f}"]
         cells += [f"{r['peak_gib']:.2f}", notes + f"; first call: set-up incl. caching {r['setup_s']:.0f} s"]
         out.append("| " + " | ".join(cells) + " |")
     return out
