@@ -440,14 +440,14 @@ def table(results: dict) -> str:
         lines += [
             "",
             "| pre-training loop | workers | s / iteration | step s | waiting for data s | other s | device busy "
-            "| step alone s | loop rate / step-alone rate | set-up s | peak GiB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| step alone s | loop rate / step-alone rate | loader alone s | set-up s | peak GiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for loader, r in results["loop"].items():
             lines.append(
                 f"| {loader} | {r['num_workers']} | {r['loop_s']:.3f} | {r['step_s']:.3f} | {r['data_wait_s']:.3f} "
                 f"| {r['other_s']:.3f} | {r['busy_fraction']:.1%} | {r['network_only_s']:.3f} "
-                f"| {r['throughput_ratio']:.1%} | {r['setup_s']:.1f} | {r['peak_gib']:.2f} |"
+                f"| {r['throughput_ratio']:.1%} | {r['loader_only_s']:.3f} | {r['setup_s']:.1f} | {r['peak_gib']:.2f} |"
             )
     return "\n".join(lines)
 

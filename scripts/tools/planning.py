@@ -85,7 +85,8 @@ def rows(results: dict, date: str | None = None) -> list[str]:
     for loader, r in results.get("loop", {}).items():
         notes = (
             f"device busy {r['busy_fraction']:.0%}; step alone {r['network_only_s']:.2f} s "
-            f"({r['throughput_ratio']:.0%} of its rate); waiting for data {r['data_wait_s']:.3f} s per iteration"
+            f"({r['throughput_ratio']:.0%} of its rate); waiting for data {r['data_wait_s']:.3f} s per iteration; "
+            f"the loader alone {r['loader_only_s']:.3f} s per batch"
         )
         cells = [date, where, TASK_NAMES["pretrain_loop"], _size(s, "pretrain_loop")]
         changed = "".join(f", {k} {v}" for k, v in (s.get("loop_overrides") or {}).items())

@@ -4,10 +4,13 @@ The bundle's own trainer (``configs/pretrain.json``: reading and caching the vol
 loader, views and proxy tasks in the step on the device, the handlers) runs ``warmup + iterations`` iterations.
 Each timed iteration is split into waiting for the loader's batch, the step (``iteration_update``, CUDA
 synchronised at both ends) and the rest (handlers). Then the same step runs ``iterations`` times on the last batch,
-without the loader: the network-only rate. Reported per loader:
+without the loader: the network-only rate; and the loader alone yields ``iterations`` batches, without steps (the
+rate the data side can supply, whatever the device). Reported per loader:
 
 - ``busy_fraction``: the steps' share of the loop's wall time (1.0: the device never waits);
-- ``throughput_ratio``: the loop's iterations per second over the network-only rate.
+- ``throughput_ratio``: the loop's iterations per second over the network-only rate;
+- ``loader_only_s``: seconds per batch from the loader alone (restarting it at the end of each pass, as the
+  trainer does).
 
 Loaders: ``process`` is the config's PyTorch ``DataLoader`` (worker processes); ``thread`` MONAI's
 ``ThreadDataLoader`` with worker threads (no process start-up or pickling; one prefetched batch).
@@ -116,6 +119,7 @@ def _timed_run(trainer, warmup: int, iterations: int) -> dict:
         step(trainer, held["batch"])
         _sync(device)
         alone.append(time.perf_counter() - start)
+    loader_s = _loader_alone(trainer.data_loader, iterations, warmup)
     loop_s = wall / iterations
     network_s = statistics.fmean(alone)
     logger.info(f"pre-training loop: {loop_s:.3f} s per iteration, step alone {network_s:.3f} s")
@@ -129,4 +133,19 @@ def _timed_run(trainer, warmup: int, iterations: int) -> dict:
         "busy_fraction": sum(steps) / wall,
         "network_only_s": network_s,
         "throughput_ratio": network_s / loop_s,
+        "loader_only_s": loader_s,
     }
+
+
+def _loader_alone(data_loader, iterations: int, warmup: int) -> float:
+    def batches():
+        while True:
+            yield from data_loader
+
+    stream = batches()
+    for _ in range(warmup):
+        next(stream)
+    start = time.perf_counter()
+    for _ in range(iterations):
+        next(stream)
+    return (time.perf_counter() - start) / iterations
