@@ -70,6 +70,7 @@ def use_attention(network: nn.Module, kernel: str = "sdpa") -> nn.Module:
 
 
 COMPILE_CHOICES = ("false", "true", "regional")
+REGIONAL_GRAPH_LIMIT = 64
 
 
 def compile_network(network: nn.Module, enabled=False, mode: str | None = None) -> nn.Module:
@@ -83,9 +84,14 @@ def compile_network(network: nn.Module, enabled=False, mode: str | None = None) 
         network.compile(mode=mode)
         logger.info(f"torch.compile on (mode {mode or 'default'}): the first iterations include compilation")
     elif how == "regional":
+        # static shapes: the four stages run the same block code at different sizes, and with dynamic shapes
+        # dynamo traced them symbolically for over 10 minutes on a CPU. Static graphs are one per stage, shift
+        # and input shape: more than the default limit of 8 graphs per code object once training and validation
+        # batches differ, hence the higher limit (beyond it a call silently runs uncompiled)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, REGIONAL_GRAPH_LIMIT)
         blocks = [m for m in network.modules() if isinstance(m, SwinTransformerBlock)]
         for block in blocks:
-            block.compile(mode=mode)
+            block.compile(mode=mode, dynamic=False)
         logger.info(f"torch.compile of {len(blocks)} Swin blocks (regional): the first iterations include compilation")
     return network
 

@@ -284,7 +284,7 @@ def run(
         tasks, variants: comma-separated choices (see the module docstring).
         repeats, warmup: timed and untimed rounds (the first call of each variant, with its compilation and
             allocations, is reported apart); threads: torch CPU threads (default: torch's).
-        data: pre-training sources of ``pretrain_loop`` (a folder, glob or datalist; default the config's
+        data: pre-training sources of ``pretrain_loop`` (a folder, glob or datalist, or a list; default the config's
             ``dataset_dir``, the demo's phantoms); loaders: ``process`` and/or ``thread``; loop_overrides: more
             config overrides for the loop (e.g. ``{"cache_rate": 0.0}``).
         docs: a page with a planning table (``docs/measurements.md``) to write the figures into.
@@ -404,7 +404,7 @@ def _loops(loaders, s: dict, dev, amp_dtype, data, overrides, iterations: int, w
         "amp_dtype": str(amp_dtype or torch.float32).replace("torch.", ""),
     }
     if data is not None:
-        config["train_sources"] = [str(data)]
+        config["train_sources"] = [str(d) for d in data] if isinstance(data, (list, tuple)) else [str(data)]
     out = {}
     for loader in loaders:
         reset_peak(dev)

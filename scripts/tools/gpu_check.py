@@ -1,15 +1,19 @@
-"""GPU check at the paper's size: benchmark, a few minutes of pre-training, one fine-tuning epoch, one
-segmentation of real CT, each checked; exits non-zero when any step fails.
+"""GPU check at the paper's size: benchmark, the pre-training loop end to end, a few minutes of pre-training,
+one fine-tuning epoch, one segmentation of real CT, each checked; exits non-zero when any step fails.
 
-    python -m scripts.tools.gpu_check --out_dir runs/gpu_check              # on a CUDA machine, about 6 min (H100)
-    python -m scripts.tools.gpu_check --dry_run --out_dir /tmp/gpu_dry      # the same steps, CPU-sized
+    python -m scripts.tools.gpu_check --out_dir runs/gpu_check      # a CUDA GPU: 6 min (H100) before the loop step
+    python -m scripts.tools.gpu_check --dry_run --out_dir /tmp/gpu_dry     # the same steps, CPU-sized
 
 Paper size: feature_size 48, 96^3 crops, 2 volumes x 2 crops, AMP (bf16 where the GPU has it).
 Pre-training runs on generated phantoms plus the unlabelled real CT in ``real_ct_dir`` for about
 ``pretrain_seconds`` (the iteration count comes from the benchmark's step time), validating four times on
 held-out volumes; the last validation's rotation accuracy must exceed ``min_rotation_accuracy`` (chance:
-0.25). Writes ``summary.json`` and ``summary.md`` (plus ``benchmark.json`` and each step's log) to
-``out_dir``; the dry run uses ``configs/small*.json`` and checks only that every step works.
+0.25). The loop step runs the bundle's pre-training on that data with each loader and fails when neither keeps
+the GPU at 90% of the step alone's rate (``scripts.tools.pretrain_loop``). Writes ``summary.json`` and
+``summary.md`` (plus ``benchmark.json``, ``loop.json`` and each step's log) to ``out_dir``; ``docs``: a page whose
+planning table gets the benchmark's and the loop's rows (``docs/measurements.md``); ``benchmark_variants``:
+e.g. ``plain,bundle,regional`` to time regional compilation too. The dry run uses
+``configs/small*.json`` and checks only that every step works.
 """
 
 from __future__ import annotations
@@ -92,8 +96,10 @@ def gpu_check(
     pretrain_seconds: float = 240.0,
     min_rotation_accuracy: float = 0.5,
     benchmark_repeats: int = 5,
+    benchmark_variants: str = "plain,bundle",
     num_workers: int = 8,
     seed: int = 0,
+    docs: str | None = None,
 ) -> int:
     """Run the check; returns (and exits with) 0 when every step passed, 1 otherwise."""
     from scripts.tools import benchmark
@@ -124,9 +130,11 @@ def gpu_check(
             window_size=window,
             device=device,
             amp=amp,
+            variants=benchmark_variants,
             repeats=1 if dry_run else benchmark_repeats,
             warmup=0 if dry_run else 1,
             out=str(out / "benchmark.json"),
+            docs=docs,
         )
         check.figures["benchmark"] = {
             task: {v: {k: r[k] for k in ("median_s", "peak_gib")} for v, r in variants.items()}
@@ -150,7 +158,10 @@ def gpu_check(
     elif not real:
         print(f"(no real CT at {real_ct_dir}: pre-training and segmenting phantoms only)", flush=True)
 
-    # 3. pre-training for about pretrain_seconds at this size
+    # 3. the pre-training loop end to end on that data: is the GPU waiting for the loader?
+    _loop(check, out, size, window, device, amp, train_sources, dry_run, num_workers, docs)
+
+    # 4. pre-training for about pretrain_seconds at this size
     iterations = 2 if dry_run else int(min(5000, max(20, 0.8 * pretrain_seconds / step_s)) // 4 * 4)
     interval = iterations if dry_run else iterations // 4
     models = out / "models"
@@ -194,7 +205,7 @@ def gpu_check(
         if not (models / "ssl_encoder.pt").is_file():
             check.fail("pretrain", "models/ssl_encoder.pt was not written")
 
-    # 4. one fine-tuning epoch from the pre-trained encoder
+    # 5. one fine-tuning epoch from the pre-trained encoder
     ok, log, seconds = check.bundle(
         "finetune",
         ["train.json", *(["small.json"] if dry_run else [])],
@@ -212,7 +223,7 @@ def gpu_check(
         if not (models / "model.pt").is_file():
             check.fail("finetune", "models/model.pt was not written")
 
-    # 5. segment one real CT (a phantom without real data) and check the map lies on its grid
+    # 6. segment one real CT (a phantom without real data) and check the map lies on its grid
     source = next((p for p in real if p.name == SEGMENTED_CT), None) or next(data.glob("imagesTr/*.nii.gz"))
     inputs = out / "infer_input"
     shutil.rmtree(inputs, ignore_errors=True)
@@ -240,6 +251,39 @@ def gpu_check(
             if labels.min() < 0 or labels.max() > 13:
                 check.fail("infer", f"labels outside 0..13: {labels}")
     return _finish(check, out, start, dry_run)
+
+
+def _loop(check: _Check, out: Path, size: dict, window: int, device: str, amp, sources, dry_run, workers, docs):
+    from scripts.tools import benchmark
+
+    small = json.loads(Path(ROOT, "configs", "small_pretrain.json").read_text())
+    try:
+        loop = benchmark.run(
+            **{**size, "batch": 2},  # contrastive coding needs two crops per step
+            window_size=window,
+            pixdim=small["pixdim"] if dry_run else (1.5, 1.5, 2.0),
+            device=device,
+            amp=amp,
+            tasks="pretrain_loop",
+            data=sources,
+            loaders="process,thread",
+            loop_overrides={"num_workers": 0 if dry_run else workers},
+            repeats=2 if dry_run else 10,
+            warmup=1 if dry_run else 2,
+            out=str(out / "loop.json"),
+            docs=docs,
+        )["loop"]
+    except Exception as e:  # a failed step is reported; the later steps still run
+        check.fail("loop", f"{type(e).__name__}: {e}")
+        return
+    finally:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    keys = ("loop_s", "network_only_s", "busy_fraction", "throughput_ratio", "loader_only_s")
+    check.figures["loop"] = {name: {k: round(r[k], 3) for k in keys} for name, r in loop.items()}
+    best = max(r["throughput_ratio"] for r in loop.values())
+    if not dry_run and best < 0.9:
+        check.fail("loop", f"the pre-training loop runs at {best:.0%} of the step alone's rate (below 90%)")
 
 
 def _finish(check: _Check, out: Path, start: float, dry_run: bool) -> int:

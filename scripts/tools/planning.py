@@ -52,7 +52,9 @@ def _size(s: dict, task: str) -> str:
     if task == "finetune":
         return f"{net}, {s['batch'] * s['crops']} crops{amp}"
     if task == "pretrain_loop":
-        data = Path(s["data"]).name if s.get("data") else "the configs' dataset_dir"
+        sources = s.get("data") or []
+        sources = [sources] if isinstance(sources, str) else sources
+        data = " + ".join(Path(d).name for d in sources) or "the configs' dataset_dir"
         spacing = "x".join(f"{v:g}" for v in s["pixdim"])
         return f"{net}, {s['batch']} volumes x {s['crops']} crops{amp}, {data} at {spacing} mm"
     return f"{net}, {s['batch']} volumes x {s['crops']} crops{amp}"
