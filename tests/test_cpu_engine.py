@@ -63,6 +63,29 @@ def test_openvino_windows_give_pytorch_scores_and_labels(converted):
         assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.99, c
     models = list(converted["cache"].glob("*.xml"))
     assert len(models) == 1 and models[0].with_suffix(".bin").stat().st_size > 4 * 1_000_000  # float32 weights
+    assert converted["engine"].ran_on(converted["network"]) == "openvino"
+
+
+class NearTie(torch.nn.Module):
+    """Two classes a hair apart everywhere: PyTorch's label is class 0."""
+
+    def forward(self, x):
+        return torch.cat([torch.ones_like(x), torch.ones_like(x) - 1e-4, torch.zeros_like(x)], dim=1)
+
+
+def test_the_first_window_check_refuses_changed_labels_even_when_the_scores_are_close(tmp_path):
+    compiled = CompiledNetwork(NearTie(), tmp_path, batch_size=1)
+    window = torch.rand((1, 1, 8, 8, 8))
+    expected = NearTie()(window)
+    flipped = expected.clone()
+    flipped[:, 1] += 2e-4  # class 1 wins everywhere: 2e-4 of the scale, far within the score tolerance
+    with pytest.raises(cpu_engine.ConversionError, match=r"labels equal PyTorch's on 0.00% of the first window"):
+        compiled._check(window, flipped)
+    one_voxel = expected.clone()
+    one_voxel[0, 1, 0, 0, 0] += 2e-4  # 1 of 512 voxels (0.2%) changes its label: accepted
+    compiled._check(window, one_voxel)
+    with pytest.raises(cpu_engine.ConversionError, match="differs from PyTorch's on the first window by 0.5"):
+        compiled._check(window, expected * 0.5)
 
 
 @pytest.mark.slow
@@ -195,3 +218,4 @@ def test_a_network_openvino_cannot_run_right_runs_on_pytorch_with_a_warning(netw
     assert torch.equal(out, SlidingWindowInferer(**windows)(x, network)) and torch.equal(again, out)
     assert caplog.text.count("OpenVINO cannot run this network") == 1  # tried once, then PyTorch
     assert "PyTorch runs it instead" in caplog.text
+    assert inferer.ran_on(network) == "torch"  # what the benchmark reports for this network

@@ -367,6 +367,9 @@ def run(
             for v in cases
         }
         if task == "infer":
+            for v in variant_list:
+                if v in ENGINE_VARIANTS:  # the engine falls back to PyTorch (with a warning) when its check fails
+                    results["tasks"][task][v]["engine"] = cases[v].inferer.ran_on(cases[v].network, dev)
             for v in variant_list[1:]:
                 dice = label_dice(cases[variant_list[0]].labels, cases[v].labels, classes)
                 results["tasks"][task][v]["label_dice"] = dice
@@ -432,6 +435,7 @@ def table(results: dict) -> str:
         for v, r in variants.items():
             ratio = next(value for key, value in r.items() if key.startswith("speedup_vs_"))
             dice = f"{r['label_dice_min']:.4f}" if "label_dice_min" in r else "-"
+            v = f"{v} (ran on PyTorch)" if r.get("engine") == "torch" else v
             lines.append(
                 f"| {task} | {v} | {r['min_s']:.3f} | {r['median_s']:.3f} | {r['first_s']:.3f} | {ratio:.2f}x "
                 f"| {r['peak_gib']:.2f} | {dice} |"

@@ -81,7 +81,8 @@ def rows(results: dict, date: str | None = None) -> list[str]:
                 if "label_dice_min" in r
                 else ""
             )
-            cells = [date, where, TASK_NAMES[task], _size(s, task), variant]
+            path = f"{variant} (fell back to PyTorch)" if r.get("engine") == "torch" else variant
+            cells = [date, where, TASK_NAMES[task], _size(s, task), path]
             cells += [f"{r['median_s']:.2f}", f"{r['first_s']:.2f}", f"{r['peak_gib']:.2f}", notes]
             out.append("| " + " | ".join(cells) + " |")
     for loader, r in results.get("loop", {}).items():
