@@ -41,6 +41,10 @@ def machine(device) -> str:
     return f"{model}, {cores} cores, {memory:.0f} GiB"
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _size(s: dict, task: str) -> str:
     roi = "x".join(str(v) for v in s["roi"])
     net = f"feature_size {s['feature_size']}, window {s['window_size']}, {roi} crops"
@@ -50,14 +54,14 @@ def _size(s: dict, task: str) -> str:
         volume = "x".join(str(v) for v in s["volume"])
         return f"{net}, {volume} voxels{image}, sw_batch {s['sw_batch_size']}, overlap {s['overlap']}{amp}"
     if task == "finetune":
-        return f"{net}, {s['batch'] * s['crops']} crops{amp}"
+        return f"{net}, {_count(s['batch'] * s['crops'], 'crop')}{amp}"
     if task == "pretrain_loop":
         sources = s.get("data") or []
         sources = [sources] if isinstance(sources, str) else sources
         data = " + ".join(Path(d).name for d in sources) or "the configs' dataset_dir"
         spacing = "x".join(f"{v:g}" for v in s["pixdim"])
-        return f"{net}, {s['batch']} volumes x {s['crops']} crops{amp}, {data} at {spacing} mm"
-    return f"{net}, {s['batch']} volumes x {s['crops']} crops{amp}"
+        return f"{net}, {_count(s['batch'], 'volume')} x {_count(s['crops'], 'crop')}{amp}, {data} at {spacing} mm"
+    return f"{net}, {_count(s['batch'], 'volume')} x {_count(s['crops'], 'crop')}{amp}"
 
 
 TASK_NAMES = {
