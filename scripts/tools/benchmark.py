@@ -4,7 +4,7 @@
 
 Each repeat runs every variant once, in turn (interleaved), so drifts of the machine hit all variants
 alike. Per task (pre-training iteration, fine-tuning iteration, sliding-window inference of one volume)
-it prints min / median seconds, the ratio of medians to ``plain`` and the peak CUDA memory, and writes
+it prints min / median seconds, the ratio of medians to ``plain`` and the peak memory, and writes
 the figures as JSON. Variants:
 
 - ``plain``: MONAI's SwinUNETR as is (matrix attention), AdamW with PyTorch's default implementation.
