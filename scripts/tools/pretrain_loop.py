@@ -65,8 +65,9 @@ def measure(
     parser = ConfigParser()
     parser.read_config([str(_ROOT / "configs" / c) for c in configs])
     with tempfile.TemporaryDirectory(prefix="pretrain_loop_") as out:
-        # one epoch, no checkpoint, validation or image snapshot inside the timed iterations
-        parser.update({"bundle_root": str(_ROOT), "output_dir": out, "use_tensorboard": False})
+        # one epoch, no checkpoint, validation or image snapshot inside the timed iterations; nothing written
+        # beside the bundle's own weights
+        parser.update({"bundle_root": str(_ROOT), "output_dir": out, "ckpt_dir": out, "use_tensorboard": False})
         parser.update({"max_iterations": total, "ckpt_interval": total, "val_interval": total + 1})
         parser.update({"image_interval": total + 1, **loader_overrides(loader), **(overrides or {})})
         start = time.perf_counter()
